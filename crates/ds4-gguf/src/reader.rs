@@ -398,7 +398,7 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         };
         let offset_at = c.pos;
         let offset = c.u64()?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return c.fail(
                 offset_at,
                 format!("data offset {offset} is not a multiple of the alignment {alignment}"),
