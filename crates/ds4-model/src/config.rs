@@ -231,7 +231,10 @@ impl Config {
                 self.n_hash_layer,
             ));
         }
-        if self.n_rot % 2 != 0 || self.n_rot > self.head_dim || self.n_rot > self.indexer_head_dim {
+        if !self.n_rot.is_multiple_of(2)
+            || self.n_rot > self.head_dim
+            || self.n_rot > self.indexer_head_dim
+        {
             return Err(ModelError::key(
                 &key("rope.dimension_count"),
                 format!(
@@ -241,7 +244,7 @@ impl Config {
                 self.n_rot,
             ));
         }
-        if self.n_head % self.n_out_group != 0 {
+        if !self.n_head.is_multiple_of(self.n_out_group) {
             return Err(ModelError::key(
                 &key("attention.output_group_count"),
                 format!("a divisor of head_count ({})", self.n_head),
@@ -250,7 +253,7 @@ impl Config {
         }
         // The FP8 KV simulation works on 64-wide blocks of the non-rotated dims
         // and the indexer's Hadamard transform on whole power-of-two rows.
-        if (self.head_dim - self.n_rot) % 64 != 0 {
+        if !(self.head_dim - self.n_rot).is_multiple_of(64) {
             return Err(ModelError::key(
                 &key("attention.key_length"),
                 format!(
@@ -260,14 +263,14 @@ impl Config {
                 self.head_dim,
             ));
         }
-        if !self.indexer_head_dim.is_power_of_two() || self.indexer_head_dim % 32 != 0 {
+        if !self.indexer_head_dim.is_power_of_two() || !self.indexer_head_dim.is_multiple_of(32) {
             return Err(ModelError::key(
                 &key("attention.indexer.key_length"),
                 "a power of two >= 32",
                 self.indexer_head_dim,
             ));
         }
-        if self.d_model % 256 != 0 || self.d_ff_expert % 256 != 0 {
+        if !self.d_model.is_multiple_of(256) || !self.d_ff_expert.is_multiple_of(256) {
             return Err(ModelError::key(
                 &key("embedding_length / expert_feed_forward_length"),
                 "multiples of 256 (k-quant blocks)",
