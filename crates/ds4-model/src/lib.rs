@@ -2,9 +2,12 @@
 //! the tensor layout of the published files, validated weight handles, and
 //! (later) the forward pass written once over a `Backend`.
 
+pub mod backend;
 pub mod config;
 mod error;
+pub mod forward;
 pub mod layout;
+pub mod numerics;
 pub mod weights;
 
 pub use config::{AttentionKind, Config};

@@ -1,0 +1,126 @@
+//! The interface between the forward pass and the hardware that runs it.
+//!
+//! Methods are model stages (HC mix, attention projections, compressor step,
+//! indexer, sink attention, output projection, routing, experts, output
+//! head), so a GPU backend can fuse inside a stage while tests still compare
+//! every stage with the CPU reference. Activations and KV state live in the
+//! backend's memory; only logits come back to the host.
+
+use crate::config::Config;
+use crate::weights::{AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights, Tensor, Weights};
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("token id {id} at position {pos} is outside the vocabulary ({vocab})")]
+    TokenOutOfRange { id: u32, pos: usize, vocab: usize },
+    #[error("context full: {needed} tokens do not fit in a context of {ctx}")]
+    ContextFull { needed: usize, ctx: usize },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The two compressor instances of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompressorKind {
+    /// Rows of the layer's attention (head_dim wide).
+    Attention,
+    /// Rows of the lightning indexer (indexer_head_dim wide), ratio-4 layers only.
+    Indexer,
+}
+
+/// The three projections of the attention input of a batch of tokens.
+pub struct AttentionInputs<A> {
+    /// Per-head queries: normed per head and rotated, `[T × n_head·head_dim]`.
+    pub q: A,
+    /// The normed q LoRA latent, `[T × q_lora_rank]` (the indexer reads it too).
+    pub q_latent: A,
+    /// The new KV rows (K = V): normed, rotated, simulated as the numerics
+    /// mode says, `[T × head_dim]`.
+    pub kv: A,
+}
+
+pub trait Backend {
+    /// A batch of activation rows, `[tokens × width]` f32.
+    type Act;
+    /// What HC-pre hands to HC-post (post weights and the Sinkhorn matrix per token).
+    type Mix;
+    /// Per-session state: raw KV windows, compressed rows, compressor state.
+    type Kv;
+    /// Compressed rows each token of a batch may attend to (ratio-4 layers).
+    type Selection;
+    /// Chosen experts and their weights per token.
+    type Routes;
+
+    fn config(&self) -> &Config;
+
+    /// State for a session of up to `ctx` tokens, evaluated in batches of at
+    /// most `max_batch` tokens.
+    fn new_kv(&self, ctx: usize, max_batch: usize) -> Result<Self::Kv>;
+    /// Tokens the state holds.
+    fn kv_len(&self, kv: &Self::Kv) -> usize;
+    /// Records that `n` more tokens have been fully processed by every layer.
+    fn kv_advance(&self, kv: &mut Self::Kv, n: usize) -> Result<()>;
+
+    /// The HC state of a batch of tokens: the embedding copied into every stream.
+    fn embed(&self, token_embd: &Tensor, tokens: &[u32], pos0: usize) -> Result<Self::Act>;
+    /// HC-pre: the sublayer input `[T × d_model]` and the mix for HC-post.
+    fn hc_pre(&self, w: &HcWeights, x: &Self::Act) -> Result<(Self::Act, Self::Mix)>;
+    /// HC-post: folds the sublayer output `f` back into the HC state `x`.
+    fn hc_post(&self, x: &mut Self::Act, f: &Self::Act, mix: &Self::Mix) -> Result<()>;
+    fn rms_norm(&self, x: &Self::Act, weight: &Tensor) -> Result<Self::Act>;
+
+    /// q path (q_a, norm, q_b, per-head norm, RoPE) and kv path (kv, norm,
+    /// RoPE, FP8 simulation) for tokens at positions `pos0..`.
+    fn attention_inputs(
+        &self,
+        layer: usize,
+        w: &AttentionWeights,
+        n: &Self::Act,
+        pos0: usize,
+    ) -> Result<AttentionInputs<Self::Act>>;
+    /// Appends the batch's raw KV rows to the layer's sliding window.
+    fn append_raw(&self, kv: &mut Self::Kv, layer: usize, rows: &Self::Act, pos0: usize) -> Result<()>;
+    /// Steps a compressor over the batch, appending every row it completes.
+    fn compress(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        kind: CompressorKind,
+        w: &CompressorWeights,
+        n: &Self::Act,
+        pos0: usize,
+    ) -> Result<()>;
+    /// The lightning indexer: per token, the compressed rows it may attend to.
+    fn index(
+        &self,
+        kv: &Self::Kv,
+        layer: usize,
+        w: &IndexerWeights,
+        n: &Self::Act,
+        q_latent: &Self::Act,
+        pos0: usize,
+    ) -> Result<Self::Selection>;
+    /// Softmax attention with sinks over each token's raw window and visible
+    /// compressed rows; returns per-head outputs `[T × n_head·head_dim]`.
+    fn attend(
+        &self,
+        kv: &Self::Kv,
+        layer: usize,
+        q: &Self::Act,
+        sinks: &Tensor,
+        selection: Option<&Self::Selection>,
+        pos0: usize,
+    ) -> Result<Self::Act>;
+    /// Inverse RoPE of the value tails, grouped low-rank projection, output projection.
+    fn attention_output(&self, layer: usize, w: &AttentionWeights, o: &Self::Act, pos0: usize) -> Result<Self::Act>;
+
+    /// Router scores and expert choice (hash or learned top-k) per token.
+    fn route(&self, layer: usize, w: &FfnWeights, n: &Self::Act, tokens: &[u32]) -> Result<Self::Routes>;
+    /// Routed experts (weighted) plus the shared expert.
+    fn experts(&self, layer: usize, w: &FfnWeights, n: &Self::Act, routes: &Self::Routes) -> Result<Self::Act>;
+
+    /// Logits `[T × vocab]` for the given rows of the final HC state.
+    fn output_head(&self, weights: &Weights, x: &Self::Act, rows: std::ops::Range<usize>) -> Result<Vec<f32>>;
+}

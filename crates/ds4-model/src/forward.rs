@@ -1,0 +1,111 @@
+//! The DeepSeek V4 forward pass, written once over [`Backend`].
+//!
+//! Read top to bottom, this is MODEL.md §3: every layer is an attention
+//! half and an FFN half, each wrapped in hyper-connection pre/post mixing
+//! over the `n_hc` residual streams.
+
+use crate::backend::{Backend, BackendError, CompressorKind, Result};
+use crate::config::AttentionKind;
+use crate::weights::{LayerWeights, Weights};
+
+/// Which logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only for the last token of the batch (`[vocab]`).
+    Last,
+    /// For every token of the batch (`[T × vocab]`).
+    All,
+    /// None (prefill of a prefix whose logits nobody reads).
+    None,
+}
+
+/// Evaluates `tokens` at the next positions of `kv` and returns the requested logits.
+pub fn forward<B: Backend>(
+    b: &B,
+    weights: &Weights,
+    kv: &mut B::Kv,
+    tokens: &[u32],
+    logits: Logits,
+) -> Result<Vec<f32>> {
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pos0 = b.kv_len(kv);
+    let mut x = b.embed(&weights.token_embd, tokens, pos0)?;
+    for (il, layer) in weights.layers.iter().enumerate() {
+        attention_half(b, il, layer, &mut x, kv, pos0)?;
+        ffn_half(b, il, layer, &mut x, tokens)?;
+    }
+    b.kv_advance(kv, tokens.len())?;
+    match logits {
+        Logits::None => Ok(Vec::new()),
+        Logits::Last => b.output_head(weights, &x, tokens.len() - 1..tokens.len()),
+        Logits::All => b.output_head(weights, &x, 0..tokens.len()),
+    }
+}
+
+/// [`forward`] over a long prompt in batches of at most `chunk` tokens,
+/// returning the logits of every token when `all_logits`, else of the last.
+pub fn forward_chunked<B: Backend>(
+    b: &B,
+    weights: &Weights,
+    kv: &mut B::Kv,
+    tokens: &[u32],
+    chunk: usize,
+    all_logits: bool,
+) -> Result<Vec<f32>> {
+    if chunk == 0 {
+        return Err(BackendError::Other("prefill chunk size must be at least 1".into()));
+    }
+    let mut out = Vec::new();
+    let n_chunks = tokens.len().div_ceil(chunk);
+    for (i, piece) in tokens.chunks(chunk).enumerate() {
+        let want = match (all_logits, i + 1 == n_chunks) {
+            (true, _) => Logits::All,
+            (false, true) => Logits::Last,
+            (false, false) => Logits::None,
+        };
+        out.extend(forward(b, weights, kv, piece, want)?);
+    }
+    Ok(out)
+}
+
+/// The attention half of layer `il` for a batch at positions `pos0..`.
+pub fn attention_half<B: Backend>(
+    b: &B,
+    il: usize,
+    layer: &LayerWeights,
+    x: &mut B::Act,
+    kv: &mut B::Kv,
+    pos0: usize,
+) -> Result<()> {
+    let w = &layer.attn;
+    let (y, mix) = b.hc_pre(&layer.hc_attn, x)?;
+    let n = b.rms_norm(&y, &w.norm)?;
+    let inputs = b.attention_inputs(il, w, &n, pos0)?;
+    // The current token attends to itself, so its raw row goes in first.
+    b.append_raw(kv, il, &inputs.kv, pos0)?;
+    if let Some(c) = &w.compressor {
+        b.compress(kv, il, CompressorKind::Attention, c, &n, pos0)?;
+    }
+    let selection = match (&w.indexer, b.config().attention_kind(il)) {
+        (Some(ix), AttentionKind::Sparse) => {
+            b.compress(kv, il, CompressorKind::Indexer, &ix.compressor, &n, pos0)?;
+            Some(b.index(kv, il, ix, &n, &inputs.q_latent, pos0)?)
+        }
+        _ => None,
+    };
+    let o = b.attend(kv, il, &inputs.q, &w.sinks, selection.as_ref(), pos0)?;
+    let f = b.attention_output(il, w, &o, pos0)?;
+    b.hc_post(x, &f, &mix)
+}
+
+/// The FFN (mixture of experts) half of layer `il`.
+pub fn ffn_half<B: Backend>(b: &B, il: usize, layer: &LayerWeights, x: &mut B::Act, tokens: &[u32]) -> Result<()> {
+    let w = &layer.ffn;
+    let (y, mix) = b.hc_pre(&layer.hc_ffn, x)?;
+    let n = b.rms_norm(&y, &w.norm)?;
+    let routes = b.route(il, w, &n, tokens)?;
+    let f = b.experts(il, w, &n, &routes)?;
+    b.hc_post(x, &f, &mix)
+}
