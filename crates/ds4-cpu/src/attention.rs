@@ -11,7 +11,13 @@ use crate::kv::{Compressor, CpuKv};
 use crate::matmul::{matmul, matvec, WeightRows};
 use crate::{CpuBackend, Selection};
 
-pub fn inputs(b: &CpuBackend, layer: usize, w: &AttentionWeights, n: &Act, pos0: usize) -> AttentionInputs<Act> {
+pub fn inputs(
+    b: &CpuBackend,
+    layer: usize,
+    w: &AttentionWeights,
+    n: &Act,
+    pos0: usize,
+) -> AttentionInputs<Act> {
     let cfg = &b.cfg;
     let hd = cfg.head_dim;
     let rope = &b.ropes[layer];
@@ -40,10 +46,19 @@ pub fn inputs(b: &CpuBackend, layer: usize, w: &AttentionWeights, n: &Act, pos0:
     AttentionInputs { q, q_latent, kv }
 }
 
-pub fn append_raw(b: &CpuBackend, kv: &mut CpuKv, layer: usize, rows: &Act, pos0: usize) -> Result<()> {
+pub fn append_raw(
+    b: &CpuBackend,
+    kv: &mut CpuKv,
+    layer: usize,
+    rows: &Act,
+    pos0: usize,
+) -> Result<()> {
     let needed = pos0 + rows.rows;
     if needed > kv.ctx {
-        return Err(BackendError::ContextFull { needed, ctx: kv.ctx });
+        return Err(BackendError::ContextFull {
+            needed,
+            ctx: kv.ctx,
+        });
     }
     if rows.rows > kv.max_batch {
         return Err(BackendError::Other(format!(
@@ -105,14 +120,19 @@ pub fn compress(
                     if i < r {
                         (c.state_score[i * width + j], c.state_kv[i * width + j])
                     } else {
-                        (c.state_score[i * width + d + j], c.state_kv[i * width + d + j])
+                        (
+                            c.state_score[i * width + d + j],
+                            c.state_kv[i * width + d + j],
+                        )
                     }
                 } else {
                     (c.state_score[i * width + j], c.state_kv[i * width + j])
                 }
             };
             let count = if c.overlapping() { 2 * r } else { r };
-            let mx = (0..count).map(|i| candidates(i).0).fold(f32::NEG_INFINITY, f32::max);
+            let mx = (0..count)
+                .map(|i| candidates(i).0)
+                .fold(f32::NEG_INFINITY, f32::max);
             let (mut num, mut den) = (0f32, 0f32);
             for i in 0..count {
                 let (s, v) = candidates(i);
@@ -156,7 +176,10 @@ pub fn index(
 ) -> Selection {
     let cfg = &b.cfg;
     let (heads, id) = (cfg.indexer_heads, cfg.indexer_head_dim);
-    let rows = kv.layers[layer].index.as_ref().expect("sparse layer has an indexer");
+    let rows = kv.layers[layer]
+        .index
+        .as_ref()
+        .expect("sparse layer has an indexer");
     let rope = &b.ropes[layer];
     let scale = 1.0 / ((heads * id) as f32).sqrt();
     let mut out = Vec::with_capacity(n.rows);
@@ -231,7 +254,10 @@ pub fn attend(
         let ot = out.row_mut(t);
         for (h, qh) in q.row(t).chunks_exact(hd).enumerate() {
             scores.clear();
-            scores.extend(keys.iter().map(|k| qh.iter().zip(*k).map(|(a, b)| a * b).sum::<f32>() * scale));
+            scores.extend(
+                keys.iter()
+                    .map(|k| qh.iter().zip(*k).map(|(a, b)| a * b).sum::<f32>() * scale),
+            );
             let sink = sinks[h];
             let mx = scores.iter().fold(sink, |m, &s| m.max(s));
             let mut den = (sink - mx).exp();
@@ -265,11 +291,17 @@ pub fn output(b: &CpuBackend, layer: usize, w: &AttentionWeights, o: &Act, pos0:
     for g in 0..cfg.n_out_group {
         let mut xg = Act::zeros(o.rows, group_in);
         for t in 0..o.rows {
-            xg.row_mut(t).copy_from_slice(&o.row(t)[g * group_in..(g + 1) * group_in]);
+            xg.row_mut(t)
+                .copy_from_slice(&o.row(t)[g * group_in..(g + 1) * group_in]);
         }
-        let yg = matmul(out_a.slice(g * cfg.o_lora_rank, cfg.o_lora_rank), &xg, b.opts.threads);
+        let yg = matmul(
+            out_a.slice(g * cfg.o_lora_rank, cfg.o_lora_rank),
+            &xg,
+            b.opts.threads,
+        );
         for t in 0..o.rows {
-            low.row_mut(t)[g * cfg.o_lora_rank..(g + 1) * cfg.o_lora_rank].copy_from_slice(yg.row(t));
+            low.row_mut(t)[g * cfg.o_lora_rank..(g + 1) * cfg.o_lora_rank]
+                .copy_from_slice(yg.row(t));
         }
     }
     b.matmul(&w.output_b, &low)

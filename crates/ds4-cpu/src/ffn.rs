@@ -18,7 +18,13 @@ pub struct Routes {
 /// Router weights are renormalised by at least this sum (2⁻¹⁴), as ds4 does.
 const MIN_WEIGHT_SUM: f32 = 6.103_515_6e-5;
 
-pub fn route(b: &CpuBackend, layer: usize, w: &FfnWeights, n: &Act, tokens: &[u32]) -> Result<Routes> {
+pub fn route(
+    b: &CpuBackend,
+    layer: usize,
+    w: &FfnWeights,
+    n: &Act,
+    tokens: &[u32],
+) -> Result<Routes> {
     let cfg = &b.cfg;
     let k = cfg.n_expert_used;
     let logits = b.matmul(&w.router, n);
@@ -63,14 +69,24 @@ pub fn route(b: &CpuBackend, layer: usize, w: &FfnWeights, n: &Act, tokens: &[u3
         let norm = sum.max(MIN_WEIGHT_SUM);
         for &e in &ids {
             routes.ids.push(e);
-            routes.weights.push(scores[e as usize] / norm * cfg.expert_weights_scale);
+            routes
+                .weights
+                .push(scores[e as usize] / norm * cfg.expert_weights_scale);
         }
     }
     Ok(routes)
 }
 
 /// `down · (w · silu(min(gate·n, c)) ⊙ clamp(up·n, −c, c))` for one expert matrix triple.
-fn swiglu_expert(gate: WeightRows<'_>, up: WeightRows<'_>, down: WeightRows<'_>, x: &[f32], weight: f32, clamp: f32, out: &mut [f32]) {
+fn swiglu_expert(
+    gate: WeightRows<'_>,
+    up: WeightRows<'_>,
+    down: WeightRows<'_>,
+    x: &[f32],
+    weight: f32,
+    clamp: f32,
+    out: &mut [f32],
+) {
     let f = gate.n_rows;
     let mut g = vec![0f32; f];
     let mut u = vec![0f32; f];
@@ -88,8 +104,16 @@ pub fn experts(b: &CpuBackend, layer: usize, w: &FfnWeights, n: &Act, routes: &R
     let clamp = cfg.swiglu_clamp[layer];
     let d = cfg.d_model;
     let mut out = Act::zeros(n.rows, d);
-    let (gb, ub, db) = (b.bytes(&w.gate_exps), b.bytes(&w.up_exps), b.bytes(&w.down_exps));
-    let shared = (b.rows(&w.gate_shared), b.rows(&w.up_shared), b.rows(&w.down_shared));
+    let (gb, ub, db) = (
+        b.bytes(&w.gate_exps),
+        b.bytes(&w.up_exps),
+        b.bytes(&w.down_exps),
+    );
+    let shared = (
+        b.rows(&w.gate_shared),
+        b.rows(&w.up_shared),
+        b.rows(&w.down_shared),
+    );
     let mut y = vec![0f32; d];
     for t in 0..n.rows {
         let x = n.row(t);

@@ -45,7 +45,11 @@ fn mix_values(b: &CpuBackend, func: &Tensor, x: &Act) -> Act {
     for t in 0..x.rows {
         rms_norm(x.row(t), None, b.cfg.rms_eps, normed.row_mut(t));
     }
-    matmul(WeightRows::of(func, b.bytes(func), 0), &normed, b.opts.threads)
+    matmul(
+        WeightRows::of(func, b.bytes(func), 0),
+        &normed,
+        b.opts.threads,
+    )
 }
 
 pub fn pre(b: &CpuBackend, w: &HcWeights, x: &Act) -> (Act, Mix) {
@@ -136,10 +140,19 @@ pub fn post(cfg: &Config, x: &mut Act, f: &Act, mix: &Mix) {
     }
 }
 
-pub fn output_head(b: &CpuBackend, weights: &Weights, x: &Act, rows: std::ops::Range<usize>) -> Vec<f32> {
+pub fn output_head(
+    b: &CpuBackend,
+    weights: &Weights,
+    x: &Act,
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
     let cfg = &b.cfg;
     let (n, d) = (cfg.n_hc, cfg.d_model);
-    let sub = Act::from_vec(rows.len(), x.width, x.data[rows.start * x.width..rows.end * x.width].to_vec());
+    let sub = Act::from_vec(
+        rows.len(),
+        x.width,
+        x.data[rows.start * x.width..rows.end * x.width].to_vec(),
+    );
     let hc = &weights.output_hc;
     let scale = b.f32s(&hc.scale);
     let base = b.f32s(&hc.base);

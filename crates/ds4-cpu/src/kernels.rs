@@ -84,7 +84,8 @@ pub fn f32_values(bytes: &[u8]) -> Cow<'_, [f32]> {
 pub fn dequantize_all(t: &Tensor, bytes: &[u8]) -> Vec<f32> {
     let n: u64 = t.dims.iter().product();
     let mut out = vec![0.0; n as usize];
-    ds4_quant::dequantize(block_format(t.ggml_type), bytes, &mut out).expect("binding validated sizes");
+    ds4_quant::dequantize(block_format(t.ggml_type), bytes, &mut out)
+        .expect("binding validated sizes");
     out
 }
 

@@ -98,7 +98,8 @@ impl CpuKv {
                         dim: cfg.head_dim,
                         rows: vec![0.0; capacity * cfg.head_dim],
                     },
-                    attn: (kind != AttentionKind::Window).then(|| Compressor::new(ratio, cfg.head_dim, overlap, ctx)),
+                    attn: (kind != AttentionKind::Window)
+                        .then(|| Compressor::new(ratio, cfg.head_dim, overlap, ctx)),
                     index: (kind == AttentionKind::Sparse)
                         .then(|| Compressor::new(ratio, cfg.indexer_head_dim, true, ctx)),
                 }

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use ds4_gguf::GgufFile;
 use ds4_model::backend::{AttentionInputs, Backend, BackendError, CompressorKind, Result};
 use ds4_model::numerics::{Numerics, Rope};
-use ds4_model::weights::{AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights};
+use ds4_model::weights::{
+    AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights,
+};
 use ds4_model::{Config, Model, Tensor, Weights};
 
 pub use act::Act;
@@ -57,7 +59,9 @@ pub type Selection = Vec<Option<Vec<u32>>>;
 impl CpuBackend {
     pub fn new(model: &Model, opts: CpuOptions) -> Self {
         let cfg = model.config.clone();
-        let ropes = (0..cfg.n_layer).map(|il| Rope::for_layer(&cfg, il)).collect();
+        let ropes = (0..cfg.n_layer)
+            .map(|il| Rope::for_layer(&cfg, il))
+            .collect();
         Self {
             file: Arc::clone(&model.file),
             cfg,
@@ -92,7 +96,8 @@ impl CpuBackend {
     /// Rounds a row for storage in the KV cache as the numerics mode says.
     fn store_round(&self, row: &mut [f32]) {
         if self.opts.numerics == Numerics::Official {
-            row.iter_mut().for_each(|v| *v = ds4_model::numerics::f16_round(*v));
+            row.iter_mut()
+                .for_each(|v| *v = ds4_model::numerics::f16_round(*v));
         }
     }
 }
@@ -110,7 +115,9 @@ impl Backend for CpuBackend {
 
     fn new_kv(&self, ctx: usize, max_batch: usize) -> Result<CpuKv> {
         if ctx == 0 || max_batch == 0 {
-            return Err(BackendError::Other("context and batch size must be at least 1".into()));
+            return Err(BackendError::Other(
+                "context and batch size must be at least 1".into(),
+            ));
         }
         Ok(CpuKv::new(&self.cfg, ctx, max_batch))
     }
@@ -146,7 +153,13 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
-    fn attention_inputs(&self, layer: usize, w: &AttentionWeights, n: &Act, pos0: usize) -> Result<AttentionInputs<Act>> {
+    fn attention_inputs(
+        &self,
+        layer: usize,
+        w: &AttentionWeights,
+        n: &Act,
+        pos0: usize,
+    ) -> Result<AttentionInputs<Act>> {
         Ok(attention::inputs(self, layer, w, n, pos0))
     }
 
@@ -167,7 +180,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn index(&self, kv: &CpuKv, layer: usize, w: &IndexerWeights, n: &Act, q_latent: &Act, pos0: usize) -> Result<Selection> {
+    fn index(
+        &self,
+        kv: &CpuKv,
+        layer: usize,
+        w: &IndexerWeights,
+        n: &Act,
+        q_latent: &Act,
+        pos0: usize,
+    ) -> Result<Selection> {
         Ok(attention::index(self, kv, layer, w, n, q_latent, pos0))
     }
 
@@ -180,10 +201,18 @@ impl Backend for CpuBackend {
         selection: Option<&Selection>,
         pos0: usize,
     ) -> Result<Act> {
-        Ok(attention::attend(self, kv, layer, q, sinks, selection, pos0))
+        Ok(attention::attend(
+            self, kv, layer, q, sinks, selection, pos0,
+        ))
     }
 
-    fn attention_output(&self, layer: usize, w: &AttentionWeights, o: &Act, pos0: usize) -> Result<Act> {
+    fn attention_output(
+        &self,
+        layer: usize,
+        w: &AttentionWeights,
+        o: &Act,
+        pos0: usize,
+    ) -> Result<Act> {
         Ok(attention::output(self, layer, w, o, pos0))
     }
 
@@ -195,7 +224,12 @@ impl Backend for CpuBackend {
         Ok(ffn::experts(self, layer, w, n, routes))
     }
 
-    fn output_head(&self, weights: &Weights, x: &Act, rows: std::ops::Range<usize>) -> Result<Vec<f32>> {
+    fn output_head(
+        &self,
+        weights: &Weights,
+        x: &Act,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>> {
         Ok(hc::output_head(self, weights, x, rows))
     }
 }

@@ -48,7 +48,10 @@ const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
 
 /// `y[t] = W · x[t]` for every row `t` of `x`.
 pub fn matmul(w: WeightRows<'_>, x: &Act, threads: usize) -> Act {
-    assert_eq!(x.width, w.row_len, "matmul: activation width does not match the weight rows");
+    assert_eq!(
+        x.width, w.row_len,
+        "matmul: activation width does not match the weight rows"
+    );
     let mut y = Act::zeros(x.rows, w.n_rows);
     let min_rows = (MIN_BYTES_PER_THREAD / w.row_bytes.max(1)).max(1);
     let parts = map_ranges(threads, w.n_rows, min_rows, |a, b| {
@@ -61,12 +64,14 @@ pub fn matmul(w: WeightRows<'_>, x: &Act, threads: usize) -> Act {
             let mut deq = vec![0f32; w.row_len];
             let deq_bytes_len = w.row_len * 4;
             for r in a..b {
-                ds4_quant::dequantize(w.format, w.row(r), &mut deq).expect("shapes validated at binding");
+                ds4_quant::dequantize(w.format, w.row(r), &mut deq)
+                    .expect("shapes validated at binding");
                 let deq_bytes: &[u8] = bytemuck::cast_slice(&deq);
                 debug_assert_eq!(deq_bytes.len(), deq_bytes_len);
                 for t in 0..x.rows {
-                    out[t * (b - a) + (r - a)] = ds4_quant::dot(ds4_quant::BlockFormat::F32, deq_bytes, x.row(t))
-                        .expect("lengths match");
+                    out[t * (b - a) + (r - a)] =
+                        ds4_quant::dot(ds4_quant::BlockFormat::F32, deq_bytes, x.row(t))
+                            .expect("lengths match");
                 }
             }
         }

@@ -3,7 +3,12 @@
 /// Splits `0..n` into at most `threads` contiguous ranges of at least
 /// `min_per_thread` items, runs `f` on each (the caller's thread takes the
 /// first) and returns the results in range order.
-pub fn map_ranges<T, F>(threads: usize, n: usize, min_per_thread: usize, f: F) -> Vec<(usize, usize, T)>
+pub fn map_ranges<T, F>(
+    threads: usize,
+    n: usize,
+    min_per_thread: usize,
+    f: F,
+) -> Vec<(usize, usize, T)>
 where
     T: Send,
     F: Fn(usize, usize) -> T + Sync,
@@ -25,7 +30,11 @@ where
             .collect();
         let (a0, b0) = bounds[0];
         let mut out = vec![(a0, b0, f(a0, b0))];
-        out.extend(handles.into_iter().map(|h| h.join().expect("worker thread panicked")));
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker thread panicked")),
+        );
         out
     })
 }

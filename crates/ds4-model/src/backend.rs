@@ -7,7 +7,9 @@
 //! backend's memory; only logits come back to the host.
 
 use crate::config::Config;
-use crate::weights::{AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights, Tensor, Weights};
+use crate::weights::{
+    AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights, Tensor, Weights,
+};
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
@@ -81,7 +83,13 @@ pub trait Backend {
         pos0: usize,
     ) -> Result<AttentionInputs<Self::Act>>;
     /// Appends the batch's raw KV rows to the layer's sliding window.
-    fn append_raw(&self, kv: &mut Self::Kv, layer: usize, rows: &Self::Act, pos0: usize) -> Result<()>;
+    fn append_raw(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        rows: &Self::Act,
+        pos0: usize,
+    ) -> Result<()>;
     /// Steps a compressor over the batch, appending every row it completes.
     fn compress(
         &self,
@@ -114,13 +122,36 @@ pub trait Backend {
         pos0: usize,
     ) -> Result<Self::Act>;
     /// Inverse RoPE of the value tails, grouped low-rank projection, output projection.
-    fn attention_output(&self, layer: usize, w: &AttentionWeights, o: &Self::Act, pos0: usize) -> Result<Self::Act>;
+    fn attention_output(
+        &self,
+        layer: usize,
+        w: &AttentionWeights,
+        o: &Self::Act,
+        pos0: usize,
+    ) -> Result<Self::Act>;
 
     /// Router scores and expert choice (hash or learned top-k) per token.
-    fn route(&self, layer: usize, w: &FfnWeights, n: &Self::Act, tokens: &[u32]) -> Result<Self::Routes>;
+    fn route(
+        &self,
+        layer: usize,
+        w: &FfnWeights,
+        n: &Self::Act,
+        tokens: &[u32],
+    ) -> Result<Self::Routes>;
     /// Routed experts (weighted) plus the shared expert.
-    fn experts(&self, layer: usize, w: &FfnWeights, n: &Self::Act, routes: &Self::Routes) -> Result<Self::Act>;
+    fn experts(
+        &self,
+        layer: usize,
+        w: &FfnWeights,
+        n: &Self::Act,
+        routes: &Self::Routes,
+    ) -> Result<Self::Act>;
 
     /// Logits `[T × vocab]` for the given rows of the final HC state.
-    fn output_head(&self, weights: &Weights, x: &Self::Act, rows: std::ops::Range<usize>) -> Result<Vec<f32>>;
+    fn output_head(
+        &self,
+        weights: &Weights,
+        x: &Self::Act,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>>;
 }

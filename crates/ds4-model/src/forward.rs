@@ -55,7 +55,9 @@ pub fn forward_chunked<B: Backend>(
     all_logits: bool,
 ) -> Result<Vec<f32>> {
     if chunk == 0 {
-        return Err(BackendError::Other("prefill chunk size must be at least 1".into()));
+        return Err(BackendError::Other(
+            "prefill chunk size must be at least 1".into(),
+        ));
     }
     let mut out = Vec::new();
     let n_chunks = tokens.len().div_ceil(chunk);
@@ -101,7 +103,13 @@ pub fn attention_half<B: Backend>(
 }
 
 /// The FFN (mixture of experts) half of layer `il`.
-pub fn ffn_half<B: Backend>(b: &B, il: usize, layer: &LayerWeights, x: &mut B::Act, tokens: &[u32]) -> Result<()> {
+pub fn ffn_half<B: Backend>(
+    b: &B,
+    il: usize,
+    layer: &LayerWeights,
+    x: &mut B::Act,
+    tokens: &[u32],
+) -> Result<()> {
     let w = &layer.ffn;
     let (y, mix) = b.hc_pre(&layer.hc_ffn, x)?;
     let n = b.rms_norm(&y, &w.norm)?;

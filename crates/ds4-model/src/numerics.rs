@@ -170,7 +170,8 @@ impl Rope {
         let dim = cfg.n_rot as f64;
         let base = cfg.compress_rope_base as f64;
         let orig = cfg.yarn_orig_ctx as f64;
-        let corr = |beta: f64| dim * (orig / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+        let corr =
+            |beta: f64| dim * (orig / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
         let low = corr(cfg.yarn_beta_fast as f64).floor().max(0.0);
         let high = corr(cfg.yarn_beta_slow as f64).ceil().min(dim - 1.0);
         let span = (high - low).max(0.001);
@@ -231,7 +232,16 @@ mod tests {
 
     #[test]
     fn fp4_ties_go_to_even_codes() {
-        let cases = [(0.25, 0.0), (0.75, 1.0), (1.25, 1.0), (1.75, 2.0), (2.5, 2.0), (3.5, 4.0), (5.0, 4.0), (5.1, 6.0)];
+        let cases = [
+            (0.25, 0.0),
+            (0.75, 1.0),
+            (1.25, 1.0),
+            (1.75, 2.0),
+            (2.5, 2.0),
+            (3.5, 4.0),
+            (5.0, 4.0),
+            (5.1, 6.0),
+        ];
         for (a, want) in cases {
             assert_eq!(e2m1_nearest(a), want, "{a}");
         }

@@ -21,7 +21,10 @@ pub fn shared_oracle(name: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipping: {} is absent (it lives in ../shared/oracle)", p.display());
+        eprintln!(
+            "skipping: {} is absent (it lives in ../shared/oracle)",
+            p.display()
+        );
         None
     }
 }
@@ -31,7 +34,13 @@ pub fn tiny_a_model() -> Model {
 }
 
 pub fn backend(model: &Model, numerics: Numerics) -> CpuBackend {
-    CpuBackend::new(model, CpuOptions { numerics, threads: 2 })
+    CpuBackend::new(
+        model,
+        CpuOptions {
+            numerics,
+            threads: 2,
+        },
+    )
 }
 
 pub fn tiny_a_tokens() -> Vec<u32> {
@@ -49,12 +58,21 @@ pub fn read_npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
     let (header_len, start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
-        (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
     assert!(header.contains("'descr': '<f4'"), "{header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_str
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -71,7 +89,11 @@ pub fn read_npy_f32(path: &std::path::Path) -> (Vec<usize>, Vec<f32>) {
 /// ‖a − b‖ / ‖b‖.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -79,7 +101,13 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
         .0
 }
 
