@@ -113,7 +113,16 @@ impl DotKernels {
         q4_k: DotFn,
         iq2_xxs: DotFn,
     ) -> DotKernels {
-        DotKernels { isa, f32, f16, bf16, q8_0, q2_k, q4_k, iq2_xxs }
+        DotKernels {
+            isa,
+            f32,
+            f16,
+            bf16,
+            q8_0,
+            q2_k,
+            q4_k,
+            iq2_xxs,
+        }
     }
 
     /// The best level of this CPU, detected on first use.
@@ -164,13 +173,19 @@ impl DotKernels {
         y: &mut [f32],
     ) -> Result<(), QuantError> {
         let k = self.kernel(format)?;
-        let row_bytes = format.row_bytes(x.len()).ok_or(QuantError::NotBlockMultiple {
-            format,
-            n_elems: x.len(),
-            block_elems: format.block_elems(),
-        })?;
+        let row_bytes = format
+            .row_bytes(x.len())
+            .ok_or(QuantError::NotBlockMultiple {
+                format,
+                n_elems: x.len(),
+                block_elems: format.block_elems(),
+            })?;
         if y.len() != n_rows {
-            return Err(QuantError::Length { what: "matvec output", expected: n_rows, got: y.len() });
+            return Err(QuantError::Length {
+                what: "matvec output",
+                expected: n_rows,
+                got: y.len(),
+            });
         }
         let expected = row_bytes.checked_mul(n_rows).ok_or(QuantError::Length {
             what: "matvec rows (bytes)",
@@ -178,7 +193,11 @@ impl DotKernels {
             got: rows.len(),
         })?;
         if rows.len() != expected {
-            return Err(QuantError::Length { what: "matvec rows (bytes)", expected, got: rows.len() });
+            return Err(QuantError::Length {
+                what: "matvec rows (bytes)",
+                expected,
+                got: rows.len(),
+            });
         }
         if row_bytes == 0 {
             y.fill(0.0);

@@ -14,7 +14,10 @@ pub const BLOCK_BYTES: usize = 66;
 /// Dequantises whole blocks (`dst.len()` elements).
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::IQ2_XXS, src.len(), dst.len())?;
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (b, y) in src
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         dequantize_block(b, y);
     }
     Ok(())
@@ -24,7 +27,10 @@ pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
 #[inline(always)]
 pub(crate) fn group_words(b: &[u8], g: usize) -> (u32, u32) {
     let q = &b[2 + 8 * g..2 + 8 * g + 8];
-    (u32::from_le_bytes([q[0], q[1], q[2], q[3]]), u32::from_le_bytes([q[4], q[5], q[6], q[7]]))
+    (
+        u32::from_le_bytes([q[0], q[1], q[2], q[3]]),
+        u32::from_le_bytes([q[4], q[5], q[6], q[7]]),
+    )
 }
 
 /// Group scale `d·(0.5 + s)·0.25`, in gguf-py's operation order.

@@ -14,13 +14,13 @@
 use std::fmt;
 
 mod dispatch;
-mod qkx2;
 pub mod float;
 pub mod iq2_xxs;
 pub mod q2_k;
 pub mod q4_k;
 pub mod q8_0;
 pub mod q8_k;
+mod qkx2;
 pub mod tables;
 
 #[cfg(target_arch = "aarch64")]
@@ -205,13 +205,20 @@ pub(crate) fn check_lengths(
     n_bytes: usize,
     n_elems: usize,
 ) -> Result<(), QuantError> {
-    let expected = format.row_bytes(n_elems).ok_or(QuantError::NotBlockMultiple {
-        format,
-        n_elems,
-        block_elems: format.block_elems(),
-    })?;
+    let expected = format
+        .row_bytes(n_elems)
+        .ok_or(QuantError::NotBlockMultiple {
+            format,
+            n_elems,
+            block_elems: format.block_elems(),
+        })?;
     if expected != n_bytes {
-        return Err(QuantError::ByteLength { format, n_elems, expected, got: n_bytes });
+        return Err(QuantError::ByteLength {
+            format,
+            n_elems,
+            expected,
+            got: n_bytes,
+        });
     }
     Ok(())
 }
@@ -242,7 +249,10 @@ pub fn quantize(format: BlockFormat, src: &[f32], dst: &mut [u8]) -> Result<(), 
         BlockFormat::Q8_K => q8_k::quantize_row(src, dst),
         BlockFormat::Q2_K => q2_k::quantize_row(src, dst),
         BlockFormat::Q4_K => q4_k::quantize_row(src, dst),
-        BlockFormat::IQ2_XXS => Err(QuantError::Unsupported { format, op: "quantize" }),
+        BlockFormat::IQ2_XXS => Err(QuantError::Unsupported {
+            format,
+            op: "quantize",
+        }),
     }
 }
 

@@ -20,7 +20,10 @@ pub const D: usize = 80;
 /// Dequantises whole blocks (`dst.len()` elements).
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q2_K, src.len(), dst.len())?;
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (b, y) in src
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         dequantize_block(b, y);
     }
     Ok(())
@@ -55,7 +58,10 @@ fn dequantize_block(b: &[u8], y: &mut [f32]) {
 /// maxima, then levels recomputed from the stored (f16-rounded) scales.
 pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q2_K, dst.len(), src.len())?;
-    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, b) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         quantize_block(x, b);
     }
     Ok(())
@@ -63,7 +69,13 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
 
 fn quantize_block(x: &[f32], b: &mut [u8]) {
     const Q4SCALE: f32 = 15.0;
-    let search = Search { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+    let search = Search {
+        nmax: 3,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: true,
+    };
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];

@@ -22,14 +22,20 @@ pub fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
 /// Dequantises whole blocks (`dst.len()` elements).
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q4_K, src.len(), dst.len())?;
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (b, y) in src
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         dequantize_block(b, y);
     }
     Ok(())
@@ -62,14 +68,23 @@ fn dequantize_block(b: &[u8], y: &mut [f32]) {
 /// against their maxima, then levels recomputed from the stored scales.
 pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q4_K, dst.len(), src.len())?;
-    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, b) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         quantize_block(x, b);
     }
     Ok(())
 }
 
 fn quantize_block(x: &[f32], b: &mut [u8]) {
-    let search = Search { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
+    let search = Search {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+        use_mad: false,
+    };
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
@@ -96,7 +111,11 @@ fn quantize_block(x: &[f32], b: &mut [u8]) {
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     b.fill(0);
     {

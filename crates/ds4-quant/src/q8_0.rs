@@ -10,7 +10,10 @@ pub const BLOCK_BYTES: usize = 34;
 /// Dequantises whole blocks (`dst.len()` elements).
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q8_0, src.len(), dst.len())?;
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(BLOCK_ELEMS)) {
+    for (b, y) in src
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(BLOCK_ELEMS))
+    {
         dequantize_block(b, y);
     }
     Ok(())
@@ -28,7 +31,10 @@ fn dequantize_block(b: &[u8], y: &mut [f32]) {
 /// away from zero), d stored as f16. Identical to gguf-py's Q8_0 quantiser.
 pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q8_0, dst.len(), src.len())?;
-    for (x, b) in src.chunks_exact(BLOCK_ELEMS).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, b) in src
+        .chunks_exact(BLOCK_ELEMS)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -45,7 +51,10 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
 pub(crate) fn dot_scalar(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = Acc8::default();
     let mut w = [0f32; BLOCK_ELEMS];
-    for (b, xb) in row.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(BLOCK_ELEMS)) {
+    for (b, xb) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(x.chunks_exact(BLOCK_ELEMS))
+    {
         dequantize_block(b, &mut w);
         acc.add_products(&w, xb);
     }

@@ -9,7 +9,10 @@ pub const BLOCK_BYTES: usize = 4 + QK_K + 2 * (QK_K / 16);
 /// Dequantises whole blocks: `x = d·q` (ggml's `dequantize_row_q8_K`).
 pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q8_K, src.len(), dst.len())?;
-    for (b, y) in src.chunks_exact(BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+    for (b, y) in src
+        .chunks_exact(BLOCK_BYTES)
+        .zip(dst.chunks_exact_mut(QK_K))
+    {
         let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         for (y, &q) in y.iter_mut().zip(&b[4..4 + QK_K]) {
             *y = d * q as i8 as f32;
@@ -24,7 +27,10 @@ pub fn dequantize_row(src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
 /// An all-zero block gets `d = 0` and zero q and sums.
 pub fn quantize_row(src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_lengths(BlockFormat::Q8_K, dst.len(), src.len())?;
-    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+    for (x, b) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(BLOCK_BYTES))
+    {
         let mut max = 0f32;
         let mut amax = 0f32;
         for &v in x {
