@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use crate::dispatch::{DotKernels, Isa};
-use crate::tables::{IQ2XXS_GRID_F32, KSIGNS_IQ2XS};
+use crate::tables::IQ2XXS_GRID_F32;
 use crate::{f16_to_f32, float::bf16_to_f32, iq2_xxs, q2_k, q4_k, q8_0, QK_K};
 
 pub(crate) fn kernels() -> DotKernels {
@@ -239,35 +239,64 @@ unsafe fn grid_pair(g0: usize, g1: usize) -> __m512 {
     _mm512_castpd_ps(v)
 }
 
-/// Grid values come from a float copy of the grid (one load per 8 weights,
-/// no conversion); the ksigns bytes of two lanes-of-8 form a 16-bit mask
-/// that negates lanes in one masked subtract. The group scale multiplies
-/// the group's sum once.
+/// Per block, the 8 groups' sign masks and scales are computed with vector
+/// ops (the scalar ksigns lookups and shifts dominated the loop otherwise):
+/// each 7-bit sign field is spread into its own byte and bit 7 set to the
+/// byte's parity, which is exactly `KSIGNS_IQ2XS`. Two bytes form the 16-bit
+/// mask of a masked subtract that negates lanes. Grid values come from a
+/// float copy of the grid (one load per 8 weights); the group scale
+/// multiplies the group's sum once.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn dot_iq2_xxs(row: &[u8], x: &[f32]) -> f32 {
     let nb = x.len() / QK_K;
     let (w, xp) = (row.as_ptr(), x.as_ptr());
+    let grid = IQ2XXS_GRID_F32.as_ptr();
     let zero = _mm512_setzero_ps();
-    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut acc = [zero; 2];
+    // Interleaved per group: lane 2g is a0 (unused here), lane 2g+1 is a1.
+    let mut masks = [0u32; 16];
+    let mut scales = [0f32; 16];
     for i in 0..nb {
         let b = w.add(i * iq2_xxs::BLOCK_BYTES);
-        let blk = std::slice::from_raw_parts(b, iq2_xxs::BLOCK_BYTES);
         let xb = xp.add(i * QK_K);
-        let d = f16_at(b);
+        let q = _mm512_loadu_si512(b.add(2) as *const _);
+        let field = |shift: u32, mask: i32| {
+            _mm512_and_si512(
+                _mm512_sll_epi32(q, _mm_cvtsi32_si128(shift as i32)),
+                _mm512_set1_epi32(mask),
+            )
+        };
+        let m = _mm512_or_si512(
+            _mm512_or_si512(field(0, 0x7f), field(1, 0x7f00)),
+            _mm512_or_si512(field(2, 0x7f_0000), field(3, 0x7f00_0000)),
+        );
+        let t = _mm512_xor_si512(m, _mm512_slli_epi32::<4>(m));
+        let t = _mm512_xor_si512(t, _mm512_slli_epi32::<2>(t));
+        let t = _mm512_xor_si512(t, _mm512_slli_epi32::<1>(t));
+        let m = _mm512_or_si512(
+            m,
+            _mm512_and_si512(t, _mm512_set1_epi32(0x8080_8080u32 as i32)),
+        );
+        _mm512_storeu_si512(masks.as_mut_ptr() as *mut _, m);
+        // d·(0.5 + s)·0.25 in gguf-py's order, as the scalar reference does.
+        let s = _mm512_cvtepi32_ps(_mm512_srli_epi32::<28>(q));
+        let d = _mm512_set1_ps(f16_at(b));
+        let db = _mm512_mul_ps(
+            _mm512_mul_ps(d, _mm512_add_ps(_mm512_set1_ps(0.5), s)),
+            _mm512_set1_ps(0.25),
+        );
+        _mm512_storeu_ps(scales.as_mut_ptr(), db);
         for g in 0..8 {
-            let (a0, a1) = iq2_xxs::group_words(blk, g);
+            let idx = b.add(2 + 8 * g);
             let xs = xb.add(32 * g);
             let mut part = [zero; 2];
             for (p, pa) in part.iter_mut().enumerate() {
-                let g0 = ((a0 >> (16 * p)) & 0xff) as usize;
-                let g1 = ((a0 >> (16 * p + 8)) & 0xff) as usize;
-                let s0 = KSIGNS_IQ2XS[((a1 >> (14 * p)) & 127) as usize] as u16;
-                let s1 = KSIGNS_IQ2XS[((a1 >> (14 * p + 7)) & 127) as usize] as u16;
-                let v = grid_pair(g0, g1);
-                let wv = _mm512_mask_sub_ps(v, s0 | (s1 << 8), zero, v);
+                let v = grid_pair(*idx.add(2 * p) as usize, *idx.add(2 * p + 1) as usize);
+                let k = (masks[2 * g + 1] >> (16 * p)) as u16;
+                let wv = _mm512_mask_sub_ps(v, k, zero, v);
                 *pa = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs.add(16 * p)), *pa);
             }
-            let db = _mm512_set1_ps(iq2_xxs::group_scale(d, a1));
+            let db = _mm512_set1_ps(scales[2 * g + 1]);
             acc[g & 1] = _mm512_fmadd_ps(_mm512_add_ps(part[0], part[1]), db, acc[g & 1]);
         }
     }
