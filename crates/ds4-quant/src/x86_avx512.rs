@@ -250,7 +250,6 @@ unsafe fn grid_pair(g0: usize, g1: usize) -> __m512 {
 unsafe fn dot_iq2_xxs(row: &[u8], x: &[f32]) -> f32 {
     let nb = x.len() / QK_K;
     let (w, xp) = (row.as_ptr(), x.as_ptr());
-    let grid = IQ2XXS_GRID_F32.as_ptr();
     let zero = _mm512_setzero_ps();
     let mut acc = [zero; 2];
     // Interleaved per group: lane 2g is a0 (unused here), lane 2g+1 is a1.
