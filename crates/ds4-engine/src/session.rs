@@ -519,8 +519,9 @@ impl<B: Backend> Engine<B> {
         Ok(self.snapshot(s)?.0.encode(self.config())?)
     }
 
-    /// Loads a DS4 session payload; every field and length is validated
-    /// first, and on error the session is left empty.
+    /// Loads a DS4 session payload. Every field and length is validated
+    /// first: a payload that fails leaves the session as it was; a failure
+    /// inside the backend leaves it empty. Never half-loaded.
     pub fn import_payload(&self, s: &mut Session<B>, bytes: &[u8]) -> Result<()> {
         let payload = SessionPayload::decode(bytes, self.config(), self.opts.ctx)?;
         self.restore(s, &Snapshot(payload))
