@@ -196,6 +196,10 @@ impl<B: Backend> SessionPool<B> {
                             self.save(engine, s, s.len(), SaveReason::Evict)?;
                             report.evicted_sessions += 1;
                             engine.reset(&mut self.slots[i].session)?;
+                            // Another conversation now: a new id, so a
+                            // handle to the evicted one finds nothing.
+                            self.slots[i].id = SessionId(self.next_id);
+                            self.next_id += 1;
                             self.slots[i].last_store = 0;
                             i
                         }
