@@ -111,7 +111,8 @@ impl Sampler {
     /// Returns `None` only when no logit is finite.
     pub fn sample(&mut self, logits: &[f32]) -> Option<u32> {
         let p = &self.params;
-        if !(p.temperature > 0.0) {
+        // NaN temperatures are greedy too.
+        if p.temperature.is_nan() || p.temperature <= 0.0 {
             return argmax(logits);
         }
         let t = p.temperature;

@@ -345,7 +345,8 @@ fn a_damaged_cache_file_is_skipped_and_the_session_stays_correct() {
     let tb = u32_at(&good, 48) as usize;
     // (what, damage): a flipped payload byte (caught by the checksum), and a
     // ds4-style file without checksum whose payload disagrees with the model.
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Damage); 3] = [
         (
             "flipped logit",
             Box::new(move |b: &mut Vec<u8>| b[52 + tb + 52 + 80 + 3] ^= 0x40),

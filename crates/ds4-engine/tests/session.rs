@@ -324,3 +324,44 @@ fn context_limit_and_bad_tokens_are_errors() {
     let h = PayloadHeader::parse(&bytes).unwrap();
     assert_eq!((h.ctx, h.n_tokens, h.live_raw), (96, 10, 8));
 }
+
+/// Truncated or bit-flipped payloads are refused with an error, never a
+/// panic, and never half-load a session.
+#[test]
+fn damaged_payloads_are_refused_without_panics() {
+    let e = engine(ds4_model::numerics::Numerics::Exact);
+    let mut s = e.new_session().unwrap();
+    e.sync(&mut s, &tokens(11, 22), Control::default()).unwrap();
+    let good = e.export_payload(&s).unwrap();
+    let mut t = e.new_session().unwrap();
+    for cut in (0..good.len()).step_by(997).chain([good.len() - 1]) {
+        assert!(
+            e.import_payload(&mut t, &good[..cut]).is_err(),
+            "cut at {cut}"
+        );
+        assert!(t.is_empty());
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    assert!(e.import_payload(&mut t, &longer).is_err(), "trailing byte");
+    // Every header word and the row counts, each bit pattern disturbed.
+    let counts_at = 52 + 4 * 22 + 4 * 1024;
+    for at in (0..52).chain(52..60).chain(counts_at..counts_at + 48) {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut b = good.clone();
+            b[at] ^= flip;
+            // Some header words are informational (prefill chunk, ring size,
+            // compressed capacity) or saved ctx within range; the rest must fail.
+            // Token bytes (52..60) may flip to another valid id: only the
+            // disk file's checksum can tell; here they must not panic.
+            if e.import_payload(&mut t, &b).is_ok() {
+                let informational = at < 52 && matches!(at / 4, 2 | 3 | 4 | 6);
+                assert!(
+                    informational || (52..60).contains(&at),
+                    "byte {at} ^ {flip:#x} was accepted"
+                );
+                assert_eq!(t.len(), 22);
+            }
+        }
+    }
+}

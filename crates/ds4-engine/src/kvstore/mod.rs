@@ -314,7 +314,7 @@ impl KvStore {
                     && (!self.opts.reject_different_quant || e.header.quant_bits == quant_bits)
             })
             .collect();
-        cands.sort_by(|a, b| (b.text_bytes, b.header.tokens).cmp(&(a.text_bytes, a.header.tokens)));
+        cands.sort_by_key(|e| std::cmp::Reverse((e.text_bytes, e.header.tokens)));
         let mut last: Option<(u64, String)> = None;
         cands.into_iter().find(|e| {
             let sha = match &last {
