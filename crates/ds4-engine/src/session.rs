@@ -378,7 +378,7 @@ impl<B: Backend> Engine<B> {
             let end = ((pos / chunk + 1) * chunk).min(pos0 + rest.len());
             self.forward(s, &rest[done..end - pos0])?;
             done = end - pos0;
-            if interval > 0 && end % interval == 0 && done < rest.len() {
+            if interval > 0 && end.is_multiple_of(interval) && done < rest.len() {
                 self.add_point(s, PointKind::Interval)?;
             }
             if let Some(cb) = progress.as_mut() {

@@ -100,7 +100,7 @@ impl CachePolicy {
     /// last store `last`.
     pub fn is_continued_target(&self, n: usize, last: usize) -> bool {
         let step = self.continued_step();
-        step > 0 && n >= self.min_tokens && n % step == 0 && n > last
+        step > 0 && n >= self.min_tokens && n.is_multiple_of(step) && n > last
     }
 
     /// Continued frontiers in `(from, to]` beyond `last`, ascending.
