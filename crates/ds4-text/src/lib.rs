@@ -1,6 +1,7 @@
 //! Text layer of ds4: tokenizer, chat prompt rendering and DSML tool-call handling for
 //! DeepSeek V4 Flash (spec: SERVING.md §1–§3).
 
+pub mod chat;
 pub mod pyjson;
 pub mod tokenizer;
 
