@@ -2,6 +2,7 @@
 //! DeepSeek V4 Flash (spec: SERVING.md §1–§3).
 
 pub mod chat;
+pub mod dsml;
 pub mod pyjson;
 pub mod tokenizer;
 

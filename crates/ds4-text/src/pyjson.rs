@@ -35,6 +35,14 @@ pub enum PyValue {
     Object(Vec<(String, PyValue)>),
 }
 
+/// One member of a JSON object with the position of its raw value text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMember {
+    pub key: String,
+    pub raw: std::ops::Range<usize>,
+    pub value: PyValue,
+}
+
 /// Why a text is not JSON for Python's `json.loads`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid JSON at byte {offset}: {reason}")]
@@ -59,6 +67,61 @@ impl PyValue {
             return Err(p.err("extra data"));
         }
         Ok(v)
+    }
+
+    /// Parses a JSON object and returns its members in source order, duplicates included, each
+    /// with the byte range of its raw value text. `None` if `text` is not a JSON object.
+    pub fn parse_object_members(text: &str) -> Option<Vec<RawMember>> {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            src: text,
+            i: 0,
+            depth: 0,
+        };
+        p.ws();
+        if p.s.get(p.i) != Some(&b'{') {
+            return None;
+        }
+        p.i += 1;
+        let mut out = Vec::new();
+        p.ws();
+        if p.s.get(p.i) == Some(&b'}') {
+            p.i += 1;
+        } else {
+            loop {
+                if p.s.get(p.i) != Some(&b'"') {
+                    return None;
+                }
+                let key = p.string().ok()?;
+                p.ws();
+                if p.s.get(p.i) != Some(&b':') {
+                    return None;
+                }
+                p.i += 1;
+                p.ws();
+                let start = p.i;
+                let value = p.value().ok()?;
+                out.push(RawMember {
+                    key,
+                    raw: start..p.i,
+                    value,
+                });
+                p.ws();
+                match p.s.get(p.i) {
+                    Some(b',') => {
+                        p.i += 1;
+                        p.ws();
+                    }
+                    Some(b'}') => {
+                        p.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        p.ws();
+        (p.i == p.s.len()).then_some(out)
     }
 
     /// `json.dumps(self, ensure_ascii=False)`.

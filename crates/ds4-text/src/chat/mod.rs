@@ -55,7 +55,8 @@ mod render;
 use crate::pyjson::PyValue;
 use crate::tokenizer::{EncodeMode, Segment, Tokenizer};
 
-pub use render::render;
+pub(crate) use render::render_invoke;
+pub use render::{render, LATEST_REMINDER, MAX_EFFORT_PREFIX, TOOLS_BLOCK_HEAD, TOOLS_BLOCK_TAIL};
 
 /// ds4's minimum context for `reasoning_effort = max` (384 Ki tokens, SERVING.md §2.3).
 pub const MAX_EFFORT_MIN_CONTEXT: usize = 393_216;
