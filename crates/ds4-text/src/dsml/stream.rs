@@ -17,7 +17,9 @@
 //! one-shot parse; the streamed events agree with it for well-formed turns. They can disagree on
 //! malformed ones, as in ds4: a thinking turn that never closes `</think>` was streamed as
 //! reasoning but parses as content, and tool-call deltas that were sent cannot be retracted when
-//! the block later fails to parse.
+//! the block later fails to parse. Streaming switches from reasoning to content at the first
+//! `</think>`, the final parse at the last one; and without thinking mode the stream treats think
+//! tags as content while the final parse still splits at a `</think>` (§3.2 step 6).
 
 use super::{
     is_c_space, json_escape_fragment_into, json_escape_into, parse_generated, partial_entity_start,
