@@ -5,6 +5,7 @@
 pub mod config;
 mod error;
 pub mod layout;
+pub mod synth;
 pub mod weights;
 
 pub use config::{AttentionKind, Config};
