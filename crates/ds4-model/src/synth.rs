@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `flash-q2` | production (43 layers, 4096 wide) | IQ2_XXS gate/up, Q2_K down |
 //! | `flash-q4` | production | Q4_K gate/up/down |
-//! | `tiny` | [`tiny_config`]: 6 layers, d_model 256, full 129,280 vocab | IQ2_XXS / Q2_K |
+//! | `tiny` | [`tiny_config`]: 6 layers, d_model 256, full 129,280 vocab (~120 MB) | IQ2_XXS / Q2_K |
 //!
 //! `layers: Some(n)` keeps every width and the first `n` layers of the
 //! preset's schedule (`block_count = n`, `compress_ratios` and
@@ -142,8 +142,9 @@ impl FromStr for Preset {
 /// 6 layers, compress ratios [0, 0, 4, 16, 4, 16] (16 stands in for 128),
 /// 3 hash-routed layers; d_model 256; 4 heads × 256 (64 rotary); q LoRA 128;
 /// 2 output groups × LoRA 64; 8 experts, 2 used, width 256; window 8;
-/// indexer 16 heads × 128, top-4; 4 HC streams. The file is about 108 MB,
-/// almost all of it `token_embd` (F16) and `output` (Q8_0) at 129,280 × 256.
+/// indexer 16 heads × 128, top-4; 4 HC streams. The file is 119.6 MB:
+/// 114.3 MB of tensors, almost all `token_embd` (F16, 66 MB) and `output`
+/// (Q8_0, 35 MB) at 129,280 × 256, plus 5.3 MB of tokenizer metadata.
 pub fn tiny_config() -> Config {
     let compress_ratios = vec![0, 0, 4, 16, 4, 16];
     Config {
