@@ -149,7 +149,7 @@ fn inspect_of_broken_files_is_one_clear_line() {
         }
     }
     let err = assert_one_line_error(&ds4(&["gguf", "inspect", "/nonexistent/x.gguf"]));
-    assert!(err.contains("No such file"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 /// A valid GGUF that is not a DeepSeek V4 model: reported, exit status 0.

@@ -26,14 +26,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut acc = file.file_size() ^ file.data_offset ^ file.alignment;
     for (key, value) in file.metadata() {
-        acc = acc.wrapping_add(touch(value)).wrapping_add(key.len() as u64);
+        acc = acc
+            .wrapping_add(touch(value))
+            .wrapping_add(key.len() as u64);
         acc ^= value.to_string().len() as u64;
         assert!(file.get(key).is_some());
     }
     for t in file.tensors() {
         let bytes = file.tensor_data(t);
         assert_eq!(bytes.len() as u64, t.size);
-        acc = bytes.iter().fold(acc, |a, &b| a.rotate_left(5) ^ u64::from(b));
+        acc = bytes
+            .iter()
+            .fold(acc, |a, &b| a.rotate_left(5) ^ u64::from(b));
         acc ^= t.n_elements() ^ t.row_bytes() ^ t.shape_string().len() as u64;
         assert!(file.tensor(&t.name).is_some());
     }
