@@ -1,6 +1,7 @@
 //! DeepSeek V4 Flash, the model: typed configuration from GGUF metadata,
-//! the tensor layout of the published files, validated weight handles, and
-//! (later) the forward pass written once over a `Backend`.
+//! the tensor layout of the published files, validated weight handles, the
+//! forward pass written once over a `Backend`, the session payload format and
+//! synthetic models in the published layout.
 
 pub mod backend;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod forward;
 pub mod layout;
 pub mod numerics;
 pub mod payload;
+pub mod synth;
 pub mod weights;
 
 pub use config::{AttentionKind, Config};
