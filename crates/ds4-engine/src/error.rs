@@ -25,6 +25,8 @@ pub enum EngineError {
     UnknownSession(u64),
     #[error(transparent)]
     Store(#[from] crate::kvstore::StoreError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -11,6 +11,7 @@ pub mod kvstore;
 pub mod pool;
 pub mod sampling;
 pub mod session;
+pub mod vocab;
 
 pub use error::{EngineError, Result};
 pub use kvstore::inspect::{inspect_file, inspect_file_with, list_dir, Listing, Report};
@@ -18,3 +19,4 @@ pub use kvstore::{CachePolicy, KvStore, KvStoreOptions, SaveReason};
 pub use pool::{DiskCache, PoolOptions, PrepareReport, SessionId, SessionPool};
 pub use sampling::{argmax, logprob, top_logprobs, Sampler, SamplingParams, TokenLogprob};
 pub use session::{Control, Engine, EngineOptions, Progress, Session, Snapshot, SyncReport};
+pub use vocab::tokenizer_from_gguf;

@@ -403,3 +403,47 @@ impl RenderedPrompt {
         tok.encode_segments(self.segments(), template_mode)
     }
 }
+
+impl ChatRequest {
+    /// A request from one render case object with the fields of the chat
+    /// fixtures (`messages`, `tools`, `thinking_mode`, `reasoning_effort`,
+    /// `drop_thinking`, `context`, `add_default_bos_token`); absent fields
+    /// take the encoder's defaults. Used by `ds4 render --jsonl`.
+    pub fn from_render_case(case: &PyValue) -> Result<ChatRequest, RenderError> {
+        let present = |k: &str| case.get(k).filter(|v| !v.is_null());
+        let defaults = RenderOptions::default();
+        let thinking_mode = match present("thinking_mode") {
+            None => defaults.thinking_mode,
+            Some(v) => ThinkingMode::parse(&v.py_str())?,
+        };
+        let reasoning_effort = match present("reasoning_effort") {
+            None => None,
+            Some(PyValue::Str(s)) => ReasoningEffort::parse(Some(s))?,
+            Some(_) => ReasoningEffort::parse(Some("<non-string>"))?,
+        };
+        let flag = |k: &str, default: bool| present(k).map_or(default, PyValue::truthy);
+        let list = |k: &str| -> Result<Vec<Message>, RenderError> {
+            match present(k) {
+                None => Ok(Vec::new()),
+                Some(v) => Message::list_from_json(v),
+            }
+        };
+        Ok(ChatRequest {
+            messages: list("messages")?,
+            tools: present("tools")
+                .and_then(PyValue::as_array)
+                .map(<[PyValue]>::to_vec),
+            context: list("context")?,
+            options: RenderOptions {
+                thinking_mode,
+                reasoning_effort,
+                drop_thinking: flag("drop_thinking", defaults.drop_thinking),
+                add_default_bos_token: flag(
+                    "add_default_bos_token",
+                    defaults.add_default_bos_token,
+                ),
+                context_window: None,
+            },
+        })
+    }
+}
