@@ -9,6 +9,7 @@ use crate::act::Act;
 use crate::kernels::{dequantize_all, rms_norm_in_place, top_k};
 use crate::kv::{Compressor, CpuKv};
 use crate::matmul::{matmul, matvec, WeightRows};
+use crate::pool::map_ranges;
 use crate::{CpuBackend, Selection};
 
 pub fn inputs(
@@ -109,7 +110,7 @@ pub fn compress(
         let slot = if c.overlapping() { r + phase } else { phase };
         c.state_kv[slot * width..(slot + 1) * width].copy_from_slice(a.row(t));
         c.state_score[slot * width..(slot + 1) * width].copy_from_slice(score.row(t));
-        if (p + 1) % r != 0 {
+        if !(p + 1).is_multiple_of(r) {
             continue;
         }
         // Window complete: softmax-pool every dim over its candidates.
@@ -182,18 +183,16 @@ pub fn index(
         .expect("sparse layer has an indexer");
     let rope = &b.ropes[layer];
     let scale = 1.0 / ((heads * id) as f32).sqrt();
-    let mut out = Vec::with_capacity(n.rows);
     let q_rows = WeightRows::of(&w.q_b, b.bytes(&w.q_b), 0);
     let proj_rows = WeightRows::of(&w.proj, b.bytes(&w.proj), 0);
-    let mut q = vec![0f32; heads * id];
-    let mut weights = vec![0f32; heads];
-    for t in 0..n.rows {
+    let select = |t: usize| -> Option<Vec<u32>> {
         let p = pos0 + t;
         let visible = (p + 1) / rows.ratio;
         if visible <= cfg.indexer_top_k {
-            out.push(None);
-            continue;
+            return None;
         }
+        let mut q = vec![0f32; heads * id];
+        let mut weights = vec![0f32; heads];
         matvec(q_rows, q_latent.row(t), &mut q);
         for head in q.chunks_exact_mut(id) {
             rope.apply(head, p, false);
@@ -217,9 +216,14 @@ pub fn index(
             .collect();
         let mut chosen = top_k(&scores, cfg.indexer_top_k);
         chosen.sort_unstable();
-        out.push(Some(chosen));
-    }
-    out
+        Some(chosen)
+    };
+    map_ranges(b.opts.threads, n.rows, 4, |a, z| {
+        (a..z).map(select).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flat_map(|(_, _, part)| part)
+    .collect()
 }
 
 pub fn attend(
@@ -236,40 +240,75 @@ pub fn attend(
     let sinks = b.f32s(sinks);
     let lkv = &kv.layers[layer];
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = Act::zeros(q.rows, q.width);
-    let mut keys: Vec<&[f32]> = Vec::new();
-    let mut scores: Vec<f32> = Vec::new();
-    for t in 0..q.rows {
+    // The rows token t attends to: its raw window, then the visible (or selected) compressed rows.
+    let keys_of = |t: usize| -> Vec<&[f32]> {
         let p = pos0 + t;
-        keys.clear();
         let first = (p + 1).saturating_sub(cfg.sliding_window);
-        keys.extend((first..=p).map(|pos| lkv.raw.row(pos)));
+        let mut keys: Vec<&[f32]> = (first..=p).map(|pos| lkv.raw.row(pos)).collect();
         if let Some(c) = &lkv.attn {
-            let visible = (p + 1) / c.ratio;
             match selection.and_then(|s| s[t].as_ref()) {
                 Some(chosen) => keys.extend(chosen.iter().map(|&i| c.row(i as usize))),
-                None => keys.extend((0..visible).map(|i| c.row(i))),
+                None => keys.extend((0..(p + 1) / c.ratio).map(|i| c.row(i))),
             }
         }
-        let ot = out.row_mut(t);
-        for (h, qh) in q.row(t).chunks_exact(hd).enumerate() {
-            scores.clear();
-            scores.extend(
-                keys.iter()
-                    .map(|k| qh.iter().zip(*k).map(|(a, b)| a * b).sum::<f32>() * scale),
-            );
-            let sink = sinks[h];
-            let mx = scores.iter().fold(sink, |m, &s| m.max(s));
-            let mut den = (sink - mx).exp();
-            let oh = &mut ot[h * hd..(h + 1) * hd];
-            for (k, &s) in keys.iter().zip(&scores) {
-                let e = (s - mx).exp();
-                den += e;
-                for (o, &v) in oh.iter_mut().zip(*k) {
-                    *o += e * v;
+        keys
+    };
+    let head_out = |qh: &[f32], keys: &[&[f32]], sink: f32, oh: &mut [f32]| {
+        let scores: Vec<f32> = keys
+            .iter()
+            .map(|k| qh.iter().zip(*k).map(|(a, b)| a * b).sum::<f32>() * scale)
+            .collect();
+        let mx = scores.iter().fold(sink, |m, &s| m.max(s));
+        let mut den = (sink - mx).exp();
+        for (k, &s) in keys.iter().zip(&scores) {
+            let e = (s - mx).exp();
+            den += e;
+            for (o, &v) in oh.iter_mut().zip(*k) {
+                *o += e * v;
+            }
+        }
+        oh.iter_mut().for_each(|o| *o /= den);
+    };
+    let threads = b.opts.threads;
+    let mut out = Act::zeros(q.rows, q.width);
+    if q.rows == 1 {
+        // Decode: split the heads over threads.
+        let keys = keys_of(0);
+        let parts = map_ranges(threads, cfg.n_head, 8, |a, z| {
+            let mut o = vec![0f32; (z - a) * hd];
+            for h in a..z {
+                head_out(
+                    &q.row(0)[h * hd..(h + 1) * hd],
+                    &keys,
+                    sinks[h],
+                    &mut o[(h - a) * hd..(h - a + 1) * hd],
+                );
+            }
+            o
+        });
+        for (a, _, o) in parts {
+            out.data[a * hd..a * hd + o.len()].copy_from_slice(&o);
+        }
+    } else {
+        // Prefill: split the tokens over threads.
+        let parts = map_ranges(threads, q.rows, 4, |a, z| {
+            let mut o = vec![0f32; (z - a) * q.width];
+            for t in a..z {
+                let keys = keys_of(t);
+                for h in 0..cfg.n_head {
+                    let at = (t - a) * q.width + h * hd;
+                    head_out(
+                        &q.row(t)[h * hd..(h + 1) * hd],
+                        &keys,
+                        sinks[h],
+                        &mut o[at..at + hd],
+                    );
                 }
             }
-            oh.iter_mut().for_each(|o| *o /= den);
+            o
+        });
+        for (a, _, o) in parts {
+            out.data[a * q.width..a * q.width + o.len()].copy_from_slice(&o);
         }
     }
     out

@@ -5,7 +5,7 @@ use ds4_model::weights::{FfnWeights, Routing};
 
 use crate::act::Act;
 use crate::kernels::{silu, softplus, top_k};
-use crate::matmul::{matvec, WeightRows};
+use crate::matmul::{matmul, WeightRows};
 use crate::CpuBackend;
 
 /// Per token, `n_expert_used` expert ids and their mixing weights.
@@ -36,12 +36,12 @@ pub fn route(
         ids: Vec::with_capacity(n.rows * k),
         weights: Vec::with_capacity(n.rows * k),
     };
-    for t in 0..n.rows {
+    for (t, &token) in tokens.iter().enumerate().take(n.rows) {
         let scores: Vec<f32> = logits.row(t).iter().map(|&l| softplus(l).sqrt()).collect();
         let ids: Vec<u32> = match &w.routing {
             Routing::Hash { tid2eid } => {
                 let table = b.bytes(tid2eid);
-                let tok = tokens[t] as usize;
+                let tok = token as usize;
                 (0..k)
                     .map(|j| {
                         let at = (tok * k + j) * 4;
@@ -77,62 +77,61 @@ pub fn route(
     Ok(routes)
 }
 
-/// `down · (w · silu(min(gate·n, c)) ⊙ clamp(up·n, −c, c))` for one expert matrix triple.
-fn swiglu_expert(
-    gate: WeightRows<'_>,
-    up: WeightRows<'_>,
-    down: WeightRows<'_>,
-    x: &[f32],
-    weight: f32,
-    clamp: f32,
-    out: &mut [f32],
-) {
-    let f = gate.n_rows;
-    let mut g = vec![0f32; f];
-    let mut u = vec![0f32; f];
-    matvec(gate, x, &mut g);
-    matvec(up, x, &mut u);
-    for (gv, &uv) in g.iter_mut().zip(&u) {
+/// `w · silu(min(g, c)) ⊙ clamp(u, −c, c)`, in place in `g`.
+fn swiglu(g: &mut [f32], u: &[f32], weight: f32, clamp: f32) {
+    for (gv, &uv) in g.iter_mut().zip(u) {
         *gv = weight * silu(gv.min(clamp)) * uv.clamp(-clamp, clamp);
     }
-    matvec(down, &g, out);
 }
 
+/// Routed experts plus the shared expert. Tokens are grouped by expert so
+/// that each expert's weights are read once per batch; every token still
+/// sums its experts in expert-id order, so a batch gives exactly what
+/// token-by-token evaluation gives.
 pub fn experts(b: &CpuBackend, layer: usize, w: &FfnWeights, n: &Act, routes: &Routes) -> Act {
     let cfg = &b.cfg;
     let k = cfg.n_expert_used;
     let clamp = cfg.swiglu_clamp[layer];
-    let d = cfg.d_model;
-    let mut out = Act::zeros(n.rows, d);
+    let threads = b.opts.threads;
+    let mut out = Act::zeros(n.rows, cfg.d_model);
     let (gb, ub, db) = (
         b.bytes(&w.gate_exps),
         b.bytes(&w.up_exps),
         b.bytes(&w.down_exps),
     );
-    let shared = (
-        b.rows(&w.gate_shared),
-        b.rows(&w.up_shared),
-        b.rows(&w.down_shared),
-    );
-    let mut y = vec![0f32; d];
+    let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.n_expert];
     for t in 0..n.rows {
-        let x = n.row(t);
-        let ot = out.row_mut(t);
         for j in 0..k {
-            let e = routes.ids[t * k + j] as usize;
-            swiglu_expert(
-                WeightRows::of(&w.gate_exps, gb, e),
-                WeightRows::of(&w.up_exps, ub, e),
-                WeightRows::of(&w.down_exps, db, e),
-                x,
-                routes.weights[t * k + j],
-                clamp,
-                &mut y,
-            );
-            ot.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
+            by_expert[routes.ids[t * k + j] as usize].push((t, routes.weights[t * k + j]));
         }
-        swiglu_expert(shared.0, shared.1, shared.2, x, 1.0, clamp, &mut y);
-        ot.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
     }
+    for (e, users) in by_expert.iter().enumerate() {
+        if users.is_empty() {
+            continue;
+        }
+        let mut x = Act::zeros(users.len(), n.width);
+        for (i, &(t, _)) in users.iter().enumerate() {
+            x.row_mut(i).copy_from_slice(n.row(t));
+        }
+        let mut g = matmul(WeightRows::of(&w.gate_exps, gb, e), &x, threads);
+        let u = matmul(WeightRows::of(&w.up_exps, ub, e), &x, threads);
+        for (i, &(_, weight)) in users.iter().enumerate() {
+            swiglu(g.row_mut(i), u.row(i), weight, clamp);
+        }
+        let y = matmul(WeightRows::of(&w.down_exps, db, e), &g, threads);
+        for (i, &(t, _)) in users.iter().enumerate() {
+            out.row_mut(t)
+                .iter_mut()
+                .zip(y.row(i))
+                .for_each(|(o, v)| *o += v);
+        }
+    }
+    let mut g = b.matmul(&w.gate_shared, n);
+    let u = b.matmul(&w.up_shared, n);
+    for t in 0..n.rows {
+        swiglu(g.row_mut(t), u.row(t), 1.0, clamp);
+    }
+    let y = b.matmul(&w.down_shared, &g);
+    out.data.iter_mut().zip(&y.data).for_each(|(o, v)| *o += v);
     out
 }

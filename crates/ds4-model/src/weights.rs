@@ -356,3 +356,52 @@ pub fn expert_role(slot: &Slot) -> Option<ExpertRole> {
         _ => None,
     }
 }
+
+impl Weights {
+    /// Weight bytes one decode step reads: every tensor once, except that
+    /// only one embedding row and one `tid2eid` row are touched, and of each
+    /// layer's routed experts only the `n_expert_used` chosen ones.
+    pub fn decode_bytes_per_token(&self, cfg: &Config) -> u64 {
+        let all = |t: &Tensor| t.size as u64;
+        let one_row = |t: &Tensor| t.row_bytes() as u64;
+        let experts = |t: &Tensor| (t.matrix_bytes() * cfg.n_expert_used) as u64;
+        let hc = |h: &HcWeights| all(&h.func) + all(&h.scale) + all(&h.base);
+        let compressor =
+            |c: &CompressorWeights| all(&c.ape) + all(&c.kv) + all(&c.gate) + all(&c.norm);
+        let mut total = one_row(&self.token_embd)
+            + hc(&self.output_hc)
+            + all(&self.output_norm)
+            + all(&self.output);
+        for l in &self.layers {
+            let a = &l.attn;
+            total += hc(&l.hc_attn) + hc(&l.hc_ffn);
+            total += [
+                &a.norm,
+                &a.q_a,
+                &a.q_a_norm,
+                &a.q_b,
+                &a.kv,
+                &a.kv_norm,
+                &a.sinks,
+                &a.output_a,
+                &a.output_b,
+            ]
+            .into_iter()
+            .map(all)
+            .sum::<u64>();
+            total += a.compressor.as_ref().map_or(0, compressor);
+            total += a.indexer.as_ref().map_or(0, |ix| {
+                all(&ix.q_b) + all(&ix.proj) + compressor(&ix.compressor)
+            });
+            let f = &l.ffn;
+            total += all(&f.norm) + all(&f.router);
+            total += match &f.routing {
+                Routing::Hash { tid2eid } => one_row(tid2eid),
+                Routing::Learned { bias } => bias.as_ref().map_or(0, all),
+            };
+            total += experts(&f.gate_exps) + experts(&f.up_exps) + experts(&f.down_exps);
+            total += all(&f.gate_shared) + all(&f.up_shared) + all(&f.down_shared);
+        }
+        total
+    }
+}

@@ -1,6 +1,8 @@
 //! Shared helpers of the oracle tests: the tiny_a files and a small .npy reader.
 #![allow(dead_code)]
 
+pub mod own;
+
 use std::path::PathBuf;
 
 use ds4_cpu::{CpuBackend, CpuOptions};
