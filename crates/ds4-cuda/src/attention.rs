@@ -7,7 +7,7 @@ use ds4_model::Tensor;
 use crate::error::{CudaError, Result};
 use crate::gpu::{offset, Arg, NULL};
 use crate::kv::CudaKv;
-use crate::ops::{Items, BLOCK, WARPS};
+use crate::ops::{Items, RopeRows, BLOCK, WARPS};
 use crate::{CudaAct, CudaBackend, CudaSelection};
 
 impl CudaBackend {
@@ -25,10 +25,15 @@ impl CudaBackend {
         let q = self.matmul(&w.q_b, &q_latent)?;
         // Per-head unweighted norm: the heads are rows of head_dim.
         self.rms_raw(self.ptr(&q), self.ptr(&q), NULL, t * heads, hd)?;
-        self.rope(layer, self.ptr(&q), t * heads, hd, heads, pos0, false)?;
+        self.rope(
+            layer,
+            RopeRows::new(self.ptr(&q), t * heads, hd, heads),
+            pos0,
+            false,
+        )?;
         let kv = self.matmul(&w.kv, n)?;
         self.rms_rows(&kv, &kv, Some(&w.kv_norm))?;
-        self.rope(layer, self.ptr(&kv), t, hd, 1, pos0, false)?;
+        self.rope(layer, RopeRows::new(self.ptr(&kv), t, hd, 1), pos0, false)?;
         if self.official() {
             self.gpu.launch(
                 "fp8_rows",
@@ -190,7 +195,12 @@ impl CudaBackend {
             )));
         }
         let q = self.matmul(&w.q_b, q_latent)?;
-        self.rope(layer, self.ptr(&q), t * heads, id, heads, pos0, false)?;
+        self.rope(
+            layer,
+            RopeRows::new(self.ptr(&q), t * heads, id, heads),
+            pos0,
+            false,
+        )?;
         if self.official() {
             self.gpu.launch(
                 "hadamard128_rows",
@@ -230,7 +240,7 @@ impl CudaBackend {
         self.gpu.launch(
             "topk_select",
             (t as u32, 1, 1),
-            1024,
+            512,
             0,
             &[
                 Arg::Ptr(self.gpu.ptr(&sel)),
@@ -268,7 +278,7 @@ impl CudaBackend {
             .map(|i| {
                 let p = pos0 + i;
                 let raw = p + 1 - (p + 1).saturating_sub(cfg.sliding_window);
-                let visible = if ratio > 0 { (p + 1) / ratio } else { 0 };
+                let visible = (p + 1).checked_div(ratio).unwrap_or(0);
                 let comp_n = if sel.is_some() && visible > cfg.indexer_top_k {
                     cfg.indexer_top_k
                 } else {
@@ -327,7 +337,12 @@ impl CudaBackend {
             width: o.width,
             buf: self.gpu.copy(&o.buf)?,
         };
-        self.rope(layer, self.ptr(&rotated), t * heads, hd, heads, pos0, true)?;
+        self.rope(
+            layer,
+            RopeRows::new(self.ptr(&rotated), t * heads, hd, heads),
+            pos0,
+            true,
+        )?;
         let group_in = cfg.heads_per_group() * hd;
         let rank = cfg.o_lora_rank;
         let low = self.new_act(t, cfg.n_out_group * rank)?;

@@ -231,6 +231,45 @@ impl CudaBackend {
             .collect())
     }
 
+    /// A host selection (the CPU backend's form) as a device selection.
+    pub fn selection_from_host(
+        &self,
+        s: &ds4_cpu::Selection,
+        layer: usize,
+        pos0: usize,
+    ) -> Result<CudaSelection> {
+        let k = self.cfg.indexer_top_k;
+        let ratio = self.cfg.compress_ratios[layer];
+        let mut flat = vec![0i32; s.len() * k];
+        let mut any = false;
+        for (t, sel) in s.iter().enumerate() {
+            let visible = (pos0 + t + 1) / ratio.max(1);
+            match sel {
+                Some(rows) if rows.len() == k && visible > k => {
+                    any = true;
+                    for (d, &r) in flat[t * k..(t + 1) * k].iter_mut().zip(rows) {
+                        *d = r as i32;
+                    }
+                }
+                None if visible <= k => {}
+                _ => {
+                    return Err(CudaError::Invalid(format!(
+                        "token {t}: a selection must hold {k} rows exactly when more are visible"
+                    )))
+                }
+            }
+        }
+        Ok(CudaSelection {
+            rows: s.len(),
+            pos0,
+            sel: if any {
+                Some(self.gpu.upload(&flat)?)
+            } else {
+                None
+            },
+        })
+    }
+
     /// The compressed rows a layer's compressor has emitted so far.
     pub fn compressed_rows(
         &self,
@@ -321,7 +360,7 @@ fn check_supported(cfg: &Config, w: &Weights) -> Result<()> {
             cfg.indexer_head_dim
         ));
     }
-    if cfg.n_rot % 2 != 0 || cfg.n_rot > cfg.head_dim {
+    if !cfg.n_rot.is_multiple_of(2) || cfg.n_rot > cfg.head_dim {
         return no(format!("{} rotary dims", cfg.n_rot));
     }
     if w.token_embd.ggml_type != GgmlType::F16 {

@@ -47,7 +47,7 @@ impl MemoryPlan {
                 None => by_type.push((t, bytes)),
             }
         }
-        by_type.sort_by(|a, b| b.1.cmp(&a.1));
+        by_type.sort_by_key(|b| std::cmp::Reverse(b.1));
         let weights = by_type.iter().map(|(_, b)| b).sum();
         Self {
             weights_by_type: by_type,

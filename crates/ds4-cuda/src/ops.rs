@@ -50,6 +50,27 @@ pub struct Items {
     pub y_stride: usize,
 }
 
+/// Rows a RoPE launch rotates: `n_rows` rows of `width` at `x`, of which
+/// each run of `rows_per_token` (the heads of one token) shares a position.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeRows {
+    pub x: u64,
+    pub n_rows: usize,
+    pub width: usize,
+    pub rows_per_token: usize,
+}
+
+impl RopeRows {
+    pub fn new(x: u64, n_rows: usize, width: usize, rows_per_token: usize) -> Self {
+        Self {
+            x,
+            n_rows,
+            width,
+            rows_per_token,
+        }
+    }
+}
+
 fn matvec_kernel(t: GgmlType) -> Result<&'static str> {
     Ok(match t {
         GgmlType::F32 => "matvec_f32",
@@ -207,18 +228,21 @@ impl CudaBackend {
         )
     }
 
-    /// RoPE on the tails of `n_rows` rows of `width`; `rows_per_token` rows
-    /// share a position (heads of one token).
+    /// RoPE (layer `layer`'s frequencies) on the tails of `rows`, token `i`
+    /// of the batch at position `pos0 + i`.
     pub(crate) fn rope(
         &self,
         layer: usize,
-        x: u64,
-        n_rows: usize,
-        width: usize,
-        rows_per_token: usize,
+        rows: RopeRows,
         pos0: usize,
         inverse: bool,
     ) -> Result<()> {
+        let RopeRows {
+            x,
+            n_rows,
+            width,
+            rows_per_token,
+        } = rows;
         let n_pairs = self.cfg.n_rot / 2;
         let total = (n_rows * n_pairs) as u32;
         self.gpu.launch(
@@ -259,7 +283,7 @@ impl CudaBackend {
         let row_bytes = ggml_type.row_bytes(row_len as u64).ok_or_else(|| {
             CudaError::Invalid(format!("{row_len} is not whole {ggml_type} blocks"))
         })? as usize;
-        if bytes.len() != row_bytes * n_rows || x.len() % row_len != 0 {
+        if bytes.len() != row_bytes * n_rows || !x.len().is_multiple_of(row_len) {
             return Err(CudaError::Invalid("matmul_host: sizes do not match".into()));
         }
         let w = self.gpu.upload(bytes)?;

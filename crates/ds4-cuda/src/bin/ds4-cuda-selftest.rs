@@ -1,4 +1,4 @@
-//! `ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism]`
+//! `ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism|wide]`
 //!
 //! Checks the CUDA backend on the GPU: every stage against the CPU
 //! reference, the tiny_a oracle tiers, and bit-identical reruns. Prints one
@@ -11,7 +11,7 @@ use ds4_cuda::selftest::{run, SelftestOptions};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism]..."
+        "usage: ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism|wide]..."
     );
     ExitCode::from(2)
 }
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         stages: true,
         tiers: true,
         determinism: true,
+        wide: true,
     };
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         opts.stages = only.iter().any(|o| o == "stages");
         opts.tiers = only.iter().any(|o| o == "tiers");
         opts.determinism = only.iter().any(|o| o == "determinism");
+        opts.wide = only.iter().any(|o| o == "wide");
     }
     match run(&opts) {
         Ok(true) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 
 mod stages;
 mod tiers;
+pub mod wide;
 
 use std::path::{Path, PathBuf};
 
@@ -93,11 +94,18 @@ impl Report {
 
 /// max |a − b| / max |b| (normwise, so near-zero elements do not dominate).
 pub fn max_rel(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| {
-        m.max((f64::from(x) - f64::from(y)).abs())
-    });
-    if !diff.is_finite() || a.iter().any(|v| !v.is_finite()) {
+    let scale = b
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let mut diff = 0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        // Equal values (infinities included) contribute nothing.
+        if x.to_bits() != y.to_bits() {
+            diff = diff.max((f64::from(x) - f64::from(y)).abs());
+        }
+    }
+    if diff.is_nan() {
         return f64::INFINITY;
     }
     if scale == 0.0 {
@@ -186,6 +194,28 @@ pub struct SelftestOptions {
     pub stages: bool,
     pub tiers: bool,
     pub determinism: bool,
+    /// The production-width checks (generates a ~0.9 GB model).
+    pub wide: bool,
+}
+
+/// `fixtures_*` directories beside the tiny_a data that hold a model.
+fn own_fixture_dirs(data: &Path) -> Vec<PathBuf> {
+    let Some(parent) = data.parent() else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(parent)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("fixtures_"))
+                        && p.join("model.gguf").exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// Runs the self-test and prints one line per check, then a summary.
@@ -226,9 +256,29 @@ pub fn run(opts: &SelftestOptions) -> anyhow::Result<bool> {
     let tokens = tiers::tokens(&opts.data)?;
     if opts.tiers {
         tiers::run(&model, &mut gpu, &opts.data, &tokens, &mut report)?;
+        tiers::own_fixtures(&own_fixture_dirs(&opts.data), opts.device, &mut report)?;
     }
     if opts.determinism {
         tiers::determinism(&model, &mut gpu, &tokens, &mut report)?;
+    }
+    if opts.wide {
+        let t0 = std::time::Instant::now();
+        let model = wide::model()?;
+        println!(
+            "wide model: {} layers at production widths, {:.2} GiB, generated in {:.1} s",
+            model.config.n_layer,
+            model.file.file_size() as f64 / (1u64 << 30) as f64,
+            t0.elapsed().as_secs_f64()
+        );
+        let mut gpu = CudaBackend::new(
+            &model,
+            CudaOptions {
+                numerics: ds4_model::numerics::Numerics::Exact,
+                device: opts.device,
+            },
+        )?;
+        stages::run_wide(&model, &mut gpu, &mut report)?;
+        tiers::wide(&model, &mut gpu, &mut report)?;
     }
     println!(
         "summary: {}/{} checks passed on {} in {:.1} s",

@@ -68,19 +68,63 @@ pub fn run(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> Res<()>
     formats(&mut c, report)?;
     simulations(&mut c, report)?;
     hyper_connections(&mut c, report)?;
-    let cfg = &model.config;
+    layers(&mut c, report, &Plan::TINY)
+}
+
+/// The stages at production widths (see `wide`): hyper-connections, every
+/// attention kind over more than 4 × 512 tokens (so the indexer selects 512
+/// of 640 rows), both routings and the experts.
+pub fn run_wide(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> Res<()> {
+    gpu.set_numerics(Numerics::Exact);
+    let mut c = Ctx {
+        model,
+        gpu: &*gpu,
+        cpu: CpuBackend::new(
+            model,
+            CpuOptions {
+                numerics: Numerics::Exact,
+                threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+            },
+        ),
+        rng: ChaCha8Rng::seed_from_u64(0x0d5_3de),
+    };
+    hyper_connections(&mut c, report)?;
+    layers(&mut c, report, &Plan::WIDE)
+}
+
+/// How long the KV sequences of the attention checks run.
+struct Plan {
+    batches: &'static [usize],
+    /// Tokens whose indexer choice may differ from the CPU's: exact near-ties
+    /// of 640 continuous scores can fall either way at f32 precision.
+    sel_mismatch_permille: usize,
+}
+
+impl Plan {
+    const TINY: Plan = Plan {
+        batches: &[48, 1, 1, 1, 1, 1, 1],
+        sel_mismatch_permille: 0,
+    };
+    const WIDE: Plan = Plan {
+        batches: &[512, 512, 512, 512, 512, 1, 1, 1],
+        sel_mismatch_permille: 10,
+    };
+}
+
+fn layers(c: &mut Ctx, report: &mut Report, plan: &Plan) -> Res<()> {
+    let cfg = c.model.config.clone();
     for kind in [
         AttentionKind::Window,
         AttentionKind::Sparse,
         AttentionKind::Heavy,
     ] {
         if let Some(il) = (0..cfg.n_layer).find(|&il| cfg.attention_kind(il) == kind) {
-            attention(&mut c, report, il)?;
+            attention(c, report, il, plan)?;
         }
     }
-    ffn(&mut c, report, 0)?;
+    ffn(c, report, 0)?;
     if cfg.n_hash_layer < cfg.n_layer {
-        ffn(&mut c, report, cfg.n_hash_layer)?;
+        ffn(c, report, cfg.n_hash_layer)?;
     }
     Ok(())
 }
@@ -218,7 +262,7 @@ fn hyper_connections(c: &mut Ctx, report: &mut Report) -> Res<()> {
 
 /// One layer's attention stages, over a prefill batch and then single-token
 /// decode steps, with the KV state of both backends fed the same rows.
-fn attention(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
+fn attention(c: &mut Ctx, report: &mut Report, il: usize, plan: &Plan) -> Res<()> {
     let cfg = c.model.config.clone();
     let kind = cfg.attention_kind(il);
     let tag = format!("L{il} {kind:?}");
@@ -244,14 +288,14 @@ fn attention(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
         &want.kv.data,
     );
 
-    let prefill = 48;
-    let ctx = 256;
+    let prefill = plan.batches.iter().copied().max().unwrap_or(1);
+    let ctx: usize = plan.batches.iter().sum::<usize>() + 8;
     let mut kc: CpuKv = c.cpu.new_kv(ctx, prefill)?;
     let mut kg: CudaKv = c.gpu.new_kv(ctx, prefill)?;
     let (mut worst_attend, mut sel_diff, mut sel_total) = (0f64, 0usize, 0usize);
     let mut comp_worst = [0f64; 2];
     let mut pos0 = 0;
-    for batch in [prefill, 1, 1, 1, 1, 1, 1] {
+    for &batch in plan.batches {
         let (nc, ng) = c.act(batch, d, 1.7)?;
         let (rc, rg) = c.act(batch, hd, 1.0)?;
         let (qc, qg) = c.act(batch, q_width, 1.0)?;
@@ -307,7 +351,10 @@ fn attention(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
                 let host = c.gpu.selection_to_host(&sg, il)?;
                 sel_total += sc.iter().filter(|s| s.is_some()).count();
                 sel_diff += sc.iter().zip(&host).filter(|(a, b)| a != b).count();
-                (Some(sc), Some(sg))
+                // Attention gets the CPU's choice on both sides, so a
+                // near-tie flip in the indexer does not show up here too.
+                let shared = c.gpu.selection_from_host(&sc, il, pos0)?;
+                (Some(sc), Some(shared))
             }
             _ => (None, None),
         };
@@ -335,8 +382,11 @@ fn attention(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
         );
         report.push(
             format!("stage index top-k ({tag})"),
-            format!("{sel_diff} of {sel_total} selecting tokens differ from the CPU's choice"),
-            sel_diff == 0 && sel_total > 0,
+            format!(
+                "{sel_diff} of {sel_total} selecting tokens differ from the CPU's choice (allowed {}‰)",
+                plan.sel_mismatch_permille
+            ),
+            sel_diff * 1000 <= plan.sel_mismatch_permille * sel_total && sel_total > 0,
         );
     }
     report.push(

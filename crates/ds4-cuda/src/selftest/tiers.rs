@@ -135,3 +135,114 @@ pub fn determinism(
     report.identical("determinism token-by-token (official)", &a, &b);
     Ok(())
 }
+
+/// The project's own transformers fixtures (tests/data/fixtures_*: HCA
+/// ratio 128, Q4_K experts, long indexer selections) in exact numerics, as
+/// ds4-cpu's oracle_own tests: one batch, and chunks of 61 tokens.
+pub fn own_fixtures(
+    dirs: &[std::path::PathBuf],
+    device: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for dir in dirs {
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let model = Model::open(dir.join("model.gguf"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let gpu = CudaBackend::new(
+            &model,
+            crate::CudaOptions {
+                numerics: Numerics::Exact,
+                device,
+            },
+        )?;
+        let tokens = tokens(dir)?;
+        let (_, want) = read_npy_f32(&dir.join("logits.npy"))?;
+        let (n, vocab) = (tokens.len(), model.config.vocab_size);
+        let mut kv = gpu.new_kv(n, n)?;
+        let t0 = std::time::Instant::now();
+        let logits = forward(&gpu, &model.weights, &mut kv, &tokens, Logits::All)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let rel = rel_l2(&logits, &want);
+        let agree = argmax_agreement(&logits, &want, vocab);
+        report.push(
+            format!("tier {name} exact batched"),
+            format!("rel L2 {rel:.2e} (limit 1e-4), argmax {agree}/{n}, {secs:.2} s"),
+            rel < 1e-4 && agree == n,
+        );
+        let chunk = 61;
+        let mut kv = gpu.new_kv(n, chunk)?;
+        let logits = forward_chunked(&gpu, &model.weights, &mut kv, &tokens, chunk, true)?;
+        let rel = rel_l2(&logits, &want);
+        let agree = argmax_agreement(&logits, &want, vocab);
+        report.push(
+            format!("tier {name} exact chunks of {chunk}"),
+            format!("rel L2 {rel:.2e} (limit 1e-4), argmax {agree}/{n}"),
+            rel < 1e-4 && agree == n,
+        );
+    }
+    Ok(())
+}
+
+/// The production-width model end to end: GPU vs CPU logits of a prompt in
+/// exact numerics, bit-identical reruns in official numerics, and decode
+/// speed (informational: the kernels are not tuned yet).
+pub fn wide(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> anyhow::Result<()> {
+    let (vocab, n) = (model.config.vocab_size, 64);
+    let tokens: Vec<u32> = (0..n as u32)
+        .map(|i| (i * 2_654_435_761) % vocab as u32)
+        .collect();
+    gpu.set_numerics(Numerics::Exact);
+    let cpu = ds4_cpu::CpuBackend::new(
+        model,
+        ds4_cpu::CpuOptions {
+            numerics: Numerics::Exact,
+            threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+        },
+    );
+    let mut kv = cpu.new_kv(n, n)?;
+    let want = forward(&cpu, &model.weights, &mut kv, &tokens, Logits::All)?;
+    let mut kv = gpu.new_kv(n, n)?;
+    let got = forward(gpu, &model.weights, &mut kv, &tokens, Logits::All)?;
+    let rel = rel_l2(&got, &want);
+    let agree = argmax_agreement(&got, &want, vocab);
+    report.push(
+        "wide exact prompt GPU vs CPU",
+        format!("rel L2 {rel:.2e} (limit 1e-3), argmax {agree}/{n}"),
+        rel < 1e-3 && agree * 100 >= 95 * n,
+    );
+
+    gpu.set_numerics(Numerics::Official);
+    let run = |gpu: &CudaBackend| -> anyhow::Result<Vec<f32>> {
+        let mut kv = gpu.new_kv(n, n)?;
+        Ok(forward(gpu, &model.weights, &mut kv, &tokens, Logits::All)?)
+    };
+    let a = run(gpu)?;
+    let b = run(gpu)?;
+    report.identical("wide determinism prompt (official)", &a, &b);
+
+    let steps = 32;
+    let mut kv = gpu.new_kv(n + steps, n)?;
+    forward(gpu, &model.weights, &mut kv, &tokens, Logits::None)?;
+    let mut times = Vec::with_capacity(steps);
+    let mut next = tokens[n - 1];
+    for _ in 0..steps {
+        let t0 = std::time::Instant::now();
+        let logits = forward(gpu, &model.weights, &mut kv, &[next], Logits::Last)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        next = super::argmax(&logits) as u32;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[steps / 2];
+    report.push(
+        "wide decode speed (info)",
+        format!(
+            "median {median:.2} ms/token over {steps} steps for {} layers (untuned kernels)",
+            model.config.n_layer
+        ),
+        true,
+    );
+    Ok(())
+}
