@@ -209,6 +209,7 @@ mod tests {
         assert!(err.contains("does not fit"), "{err}");
         assert!(err.contains("weights alone"), "{err}");
         assert!(err.contains("IQ2_XXS"), "{err}");
+        eprintln!("{err}");
     }
 
     #[test]

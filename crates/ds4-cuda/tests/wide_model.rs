@@ -16,7 +16,12 @@ fn wide_model_binds_and_stays_finite_on_the_cpu() {
     let cfg = &model.config;
     assert_eq!(
         (cfg.d_model, cfg.n_head, cfg.head_dim, cfg.indexer_top_k),
-        (flash.d_model, flash.n_head, flash.head_dim, flash.indexer_top_k)
+        (
+            flash.d_model,
+            flash.n_head,
+            flash.head_dim,
+            flash.indexer_top_k
+        )
     );
     let cpu = ds4_cpu::CpuBackend::new(
         &model,
