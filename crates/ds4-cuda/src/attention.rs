@@ -10,6 +10,13 @@ use crate::kv::CudaKv;
 use crate::ops::{Items, RopeRows, BLOCK, WARPS};
 use crate::{CudaAct, CudaBackend, CudaSelection};
 
+/// Dynamic shared memory for `n` floats, plus one 16-byte slot: ptxas may
+/// hoist a 128-bit shared load of a loop's tail above its bounds check
+/// (seen in `attend` under compute-sanitizer), so the last chunk must exist.
+fn padded_smem(n: usize) -> u32 {
+    ((n + 4) * 4).next_multiple_of(16) as u32
+}
+
 impl CudaBackend {
     pub(crate) fn attention_inputs_impl(
         &self,
@@ -130,7 +137,7 @@ impl CudaBackend {
             "compress_step",
             (1, 1, 1),
             BLOCK,
-            (c.dim * 4) as u32,
+            padded_smem(c.dim),
             &[
                 Arg::Ptr(self.gpu.ptr(&c.state_kv)),
                 Arg::Ptr(self.gpu.ptr(&c.state_score)),
@@ -236,7 +243,8 @@ impl CudaBackend {
                 Arg::I32(rows.ratio as i32),
             ],
         )?;
-        let sel = self.gpu.alloc::<i32>(t * k)?;
+        // Zeroed: rows of tokens that need no selection are never written.
+        let sel = self.gpu.zeros::<i32>(t * k)?;
         self.gpu.launch(
             "topk_select",
             (t as u32, 1, 1),
@@ -302,7 +310,7 @@ impl CudaBackend {
             "attend",
             (heads as u32, t as u32, 1),
             BLOCK,
-            (max_keys * 4) as u32,
+            padded_smem(max_keys),
             &[
                 Arg::Ptr(self.ptr(&out)),
                 Arg::Ptr(self.ptr(q)),

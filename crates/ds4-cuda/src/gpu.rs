@@ -43,6 +43,8 @@ pub struct Gpu {
     funcs: HashMap<&'static str, CudaFunction>,
     pub info: DeviceInfo,
     max_smem_optin: usize,
+    /// `DS4_CUDA_TRACE=1`: print every launch (for compute-sanitizer reports).
+    trace: bool,
 }
 
 /// Both CUDA libraries can be loaded (cudarc panics on first use otherwise).
@@ -103,6 +105,7 @@ impl Gpu {
             funcs,
             info,
             max_smem_optin,
+            trace: std::env::var_os("DS4_CUDA_TRACE").is_some_and(|v| v == "1"),
         })
     }
 
@@ -143,6 +146,9 @@ impl Gpu {
             return Err(CudaError::Invalid(format!(
                 "{name}: grid {grid:?} exceeds the y/z limit of 65535"
             )));
+        }
+        if self.trace {
+            eprintln!("launch {name} grid {grid:?} block {block} smem {smem} args {args:?}");
         }
         let mut b = self.stream.launch_builder(f);
         for a in args {
