@@ -12,13 +12,15 @@ mod hc;
 pub mod kernels;
 pub mod kv;
 mod matmul;
+mod payload;
 mod pool;
 
 use std::sync::Arc;
 
 use ds4_gguf::GgufFile;
-use ds4_model::backend::{AttentionInputs, Backend, BackendError, CompressorKind, Result};
+use ds4_model::backend::{AttentionInputs, Backend, BackendError, CompressorKind, Export, Result};
 use ds4_model::numerics::{Numerics, Rope};
+use ds4_model::payload::KvState;
 use ds4_model::weights::{
     AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights,
 };
@@ -129,6 +131,22 @@ impl Backend for CpuBackend {
     fn kv_advance(&self, kv: &mut CpuKv, n: usize) -> Result<()> {
         kv.n_tokens += n;
         Ok(())
+    }
+
+    fn kv_export(&self, kv: &CpuKv, what: Export) -> Result<KvState> {
+        Ok(payload::export(&self.cfg, kv, what))
+    }
+
+    fn kv_import(&self, kv: &mut CpuKv, state: &KvState) -> Result<()> {
+        payload::import(&self.cfg, kv, state)
+    }
+
+    fn kv_rewind(&self, kv: &mut CpuKv, point: &KvState) -> Result<()> {
+        payload::rewind(&self.cfg, kv, point)
+    }
+
+    fn kv_bytes(&self, kv: &CpuKv) -> usize {
+        payload::bytes(kv)
     }
 
     fn embed(&self, token_embd: &Tensor, tokens: &[u32], pos0: usize) -> Result<Act> {

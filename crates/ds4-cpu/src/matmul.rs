@@ -56,23 +56,15 @@ pub fn matmul(w: WeightRows<'_>, x: &Act, threads: usize) -> Act {
     let min_rows = (MIN_BYTES_PER_THREAD / w.row_bytes.max(1)).max(1);
     let parts = map_ranges(threads, w.n_rows, min_rows, |a, b| {
         let mut out = vec![0f32; x.rows * (b - a)];
-        if x.rows == 1 {
-            ds4_quant::matvec(w.format, w.slice(a, b - a).bytes, b - a, x.row(0), &mut out)
-                .expect("shapes validated at binding");
-        } else {
-            // Dequantize each weight row once and reuse it for every token.
-            let mut deq = vec![0f32; w.row_len];
-            let deq_bytes_len = w.row_len * 4;
-            for r in a..b {
-                ds4_quant::dequantize(w.format, w.row(r), &mut deq)
-                    .expect("shapes validated at binding");
-                let deq_bytes: &[u8] = bytemuck::cast_slice(&deq);
-                debug_assert_eq!(deq_bytes.len(), deq_bytes_len);
-                for t in 0..x.rows {
-                    out[t * (b - a) + (r - a)] =
-                        ds4_quant::dot(ds4_quant::BlockFormat::F32, deq_bytes, x.row(t))
-                            .expect("lengths match");
-                }
+        // Every (row, token) product goes through the same fused kernel, so a
+        // token's result never depends on which other tokens share its batch:
+        // batched prefill is bit-identical to token-by-token decode.
+        let rows = w.slice(a, b - a);
+        for r in 0..b - a {
+            let row = rows.row(r);
+            for t in 0..x.rows {
+                out[t * (b - a) + r] =
+                    ds4_quant::dot(w.format, row, x.row(t)).expect("shapes validated at binding");
             }
         }
         out

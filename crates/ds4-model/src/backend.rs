@@ -7,6 +7,7 @@
 //! backend's memory; only logits come back to the host.
 
 use crate::config::Config;
+use crate::payload::KvState;
 use crate::weights::{
     AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights, Tensor, Weights,
 };
@@ -19,8 +20,24 @@ pub enum BackendError {
     TokenOutOfRange { id: u32, pos: usize, vocab: usize },
     #[error("context full: {needed} tokens do not fit in a context of {ctx}")]
     ContextFull { needed: usize, ctx: usize },
+    #[error(transparent)]
+    State(#[from] crate::payload::PayloadError),
     #[error("{0}")]
     Other(String),
+}
+
+/// What [`Backend::kv_export`] copies out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Export {
+    /// Everything: an image of the session that [`Backend::kv_import`] can
+    /// load into any state of the same model (snapshots, the disk cache).
+    Full,
+    /// A rewind point: everything except the compressed rows, whose counts
+    /// alone are kept. Compressed rows are append-only, so while the session
+    /// has not been rewound below this point they are still in the live
+    /// state, and [`Backend::kv_rewind`] only needs to cut them back. Its
+    /// size does not grow with the context (raw window + compressor state).
+    RewindPoint,
 }
 
 /// The two compressor instances of a layer.
@@ -64,6 +81,23 @@ pub trait Backend {
     fn kv_len(&self, kv: &Self::Kv) -> usize;
     /// Records that `n` more tokens have been fully processed by every layer.
     fn kv_advance(&self, kv: &mut Self::Kv, n: usize) -> Result<()>;
+
+    // Moving session state in and out (MODEL.md §5; the engine builds
+    // snapshots, rewinds and the session payload on these four).
+
+    /// A host copy of the state in canonical form ([`KvState::canonicalize`]),
+    /// raw rows in logical order.
+    fn kv_export(&self, kv: &Self::Kv, what: Export) -> Result<KvState>;
+    /// Replaces the whole state of `kv` by a [`Export::Full`] export of this
+    /// model (validated against the config; `kv`'s own ctx must hold it).
+    fn kv_import(&self, kv: &mut Self::Kv, state: &KvState) -> Result<()>;
+    /// Returns `kv` to a [`Export::RewindPoint`] taken from this same state
+    /// at or before its current position and not invalidated since (the
+    /// state was not rewound below the point and re-evaluated). Errors if
+    /// the state holds fewer tokens or rows than the point.
+    fn kv_rewind(&self, kv: &mut Self::Kv, point: &KvState) -> Result<()>;
+    /// Bytes of memory the state occupies (for the engine's memory budget).
+    fn kv_bytes(&self, kv: &Self::Kv) -> usize;
 
     /// The HC state of a batch of tokens: the embedding copied into every stream.
     fn embed(&self, token_embd: &Tensor, tokens: &[u32], pos0: usize) -> Result<Self::Act>;

@@ -8,6 +8,7 @@ mod error;
 pub mod forward;
 pub mod layout;
 pub mod numerics;
+pub mod payload;
 pub mod weights;
 
 pub use config::{AttentionKind, Config};
