@@ -20,14 +20,16 @@ pub mod kernels;
 pub mod kv;
 pub mod memory;
 mod ops;
+mod payload;
 pub mod selftest;
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 use ds4_gguf::{GgmlType, GgufFile};
-use ds4_model::backend::{AttentionInputs, Backend, CompressorKind, Result as BResult};
+use ds4_model::backend::{AttentionInputs, Backend, CompressorKind, Export, Result as BResult};
 use ds4_model::numerics::{Numerics, Rope};
+use ds4_model::payload::KvState;
 use ds4_model::weights::{
     AttentionWeights, CompressorWeights, FfnWeights, HcWeights, IndexerWeights, Routing,
 };
@@ -486,6 +488,22 @@ impl Backend for CudaBackend {
     fn kv_advance(&self, kv: &mut CudaKv, n: usize) -> BResult<()> {
         kv.n_tokens += n;
         Ok(())
+    }
+
+    fn kv_export(&self, kv: &CudaKv, what: Export) -> BResult<KvState> {
+        Ok(self.kv_export_impl(kv, what)?)
+    }
+
+    fn kv_import(&self, kv: &mut CudaKv, state: &KvState) -> BResult<()> {
+        self.kv_import_impl(kv, state)
+    }
+
+    fn kv_rewind(&self, kv: &mut CudaKv, point: &KvState) -> BResult<()> {
+        self.kv_rewind_impl(kv, point)
+    }
+
+    fn kv_bytes(&self, kv: &CudaKv) -> usize {
+        self.kv_bytes_impl(kv)
     }
 
     fn embed(&self, token_embd: &Tensor, tokens: &[u32], pos0: usize) -> BResult<CudaAct> {

@@ -260,6 +260,7 @@ pub fn run(opts: &SelftestOptions) -> anyhow::Result<bool> {
     }
     if opts.determinism {
         tiers::determinism(&model, &mut gpu, &tokens, &mut report)?;
+        tiers::session(&model, &mut gpu, &tokens, &mut report)?;
     }
     if opts.wide {
         let t0 = std::time::Instant::now();

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use ds4_model::backend::Backend;
+use ds4_model::backend::{Backend, Export};
 use ds4_model::forward::{forward, forward_chunked, Logits};
 use ds4_model::numerics::Numerics;
+use ds4_model::payload::KvState;
 use ds4_model::Model;
 
 use super::{argmax_agreement, read_npy_f32, rel_l2, Report};
@@ -249,6 +250,121 @@ pub fn wide(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> anyhow
             model.config.n_layer
         ),
         true,
+    );
+    Ok(())
+}
+
+/// All values of a state, in a fixed order (for comparing two backends).
+fn state_values(s: &KvState) -> Vec<f32> {
+    let mut out = Vec::new();
+    for l in &s.layers {
+        out.extend(&l.raw);
+        for c in [&l.attn, &l.index].into_iter().flatten() {
+            out.extend(&c.rows);
+            out.extend(&c.state_kv);
+            // Empty slots hold −1e30 on both sides; keep them out of the scale.
+            out.extend(
+                c.state_score
+                    .iter()
+                    .map(|&v| if v <= -1e29 { 0.0 } else { v }),
+            );
+        }
+    }
+    out
+}
+
+/// Session state moves (the engine's snapshots, rewinds and disk cache):
+/// export/import and rewind must continue exactly like an uninterrupted
+/// run, and the GPU's exported state must match the CPU's.
+pub fn session(
+    model: &Model,
+    gpu: &mut CudaBackend,
+    tokens: &[u32],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (chunk, cut, w) = (32, 96, &model.weights);
+    let n = tokens.len();
+    gpu.set_numerics(Numerics::Official);
+    let mut kv = gpu.new_kv(256, chunk)?;
+    let reference = forward_chunked(gpu, w, &mut kv, tokens, chunk, true)?;
+    let vocab = model.config.vocab_size;
+
+    // Snapshot at `cut`, restore into a fresh session, continue.
+    let mut kv = gpu.new_kv(256, chunk)?;
+    let mut logits = forward_chunked(gpu, w, &mut kv, &tokens[..cut], chunk, true)?;
+    let snap = gpu.kv_export(&kv, Export::Full)?;
+    let mut restored = gpu.new_kv(256, chunk)?;
+    gpu.kv_import(&mut restored, &snap)?;
+    logits.extend(forward_chunked(
+        gpu,
+        w,
+        &mut restored,
+        &tokens[cut..],
+        chunk,
+        true,
+    )?);
+    report.identical("session export/import then continue", &logits, &reference);
+
+    // Rewind point at 64, a different continuation, rewind, the real one.
+    let mut kv = gpu.new_kv(256, chunk)?;
+    forward_chunked(gpu, w, &mut kv, &tokens[..64], chunk, false)?;
+    let point = gpu.kv_export(&kv, Export::RewindPoint)?;
+    let detour: Vec<u32> = tokens[64..128].iter().rev().copied().collect();
+    forward_chunked(gpu, w, &mut kv, &detour, chunk, false)?;
+    gpu.kv_rewind(&mut kv, &point)?;
+    let logits = forward_chunked(gpu, w, &mut kv, &tokens[64..], chunk, true)?;
+    report.identical(
+        "session rewind then re-evaluate",
+        &logits,
+        &reference[64 * vocab..n * vocab],
+    );
+
+    // The same state exported by both backends (exact numerics), and a CPU
+    // state imported into the GPU continuing like the CPU.
+    gpu.set_numerics(Numerics::Exact);
+    let cpu = ds4_cpu::CpuBackend::new(
+        model,
+        ds4_cpu::CpuOptions {
+            numerics: Numerics::Exact,
+            threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+        },
+    );
+    let mut kc = cpu.new_kv(256, chunk)?;
+    forward_chunked(&cpu, w, &mut kc, &tokens[..cut], chunk, false)?;
+    let mut kg = gpu.new_kv(256, chunk)?;
+    forward_chunked(gpu, w, &mut kg, &tokens[..cut], chunk, false)?;
+    let sc = cpu.kv_export(&kc, Export::Full)?;
+    let sg = gpu.kv_export(&kg, Export::Full)?;
+    let counts = |s: &KvState| -> Vec<usize> {
+        s.layers
+            .iter()
+            .flat_map(|l| [&l.attn, &l.index].into_iter().flatten().map(|c| c.n_rows))
+            .collect()
+    };
+    let same_shape = counts(&sc) == counts(&sg) && sc.n_tokens == sg.n_tokens;
+    let err = super::max_rel(&state_values(&sg), &state_values(&sc));
+    report.push(
+        "session exported state GPU vs CPU",
+        format!(
+            "max rel err {err:.2e} (limit {:.0e}), row counts {}",
+            super::STAGE_LIMIT,
+            if same_shape { "equal" } else { "DIFFER" }
+        ),
+        same_shape && err <= super::STAGE_LIMIT,
+    );
+    let mut kg = gpu.new_kv(256, chunk)?;
+    gpu.kv_import(&mut kg, &sc)?;
+    let got = forward_chunked(gpu, w, &mut kg, &tokens[cut..], chunk, true)?;
+    let want = forward_chunked(&cpu, w, &mut kc, &tokens[cut..], chunk, true)?;
+    let rel = rel_l2(&got, &want);
+    let agree = argmax_agreement(&got, &want, vocab);
+    report.push(
+        "session CPU state continued on the GPU",
+        format!(
+            "rel L2 {rel:.2e} vs the CPU's continuation (limit 1e-4), argmax {agree}/{}",
+            n - cut
+        ),
+        rel < 1e-4 && agree == n - cut,
     );
     Ok(())
 }
