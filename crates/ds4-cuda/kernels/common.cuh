@@ -1,0 +1,221 @@
+// Shared helpers of every ds4 kernel. No system headers: NVRTC compiles this
+// without an include path, and the f16 conversions are single PTX
+// instructions anyway.
+//
+// Determinism: every reduction below runs in a fixed order (xor butterflies
+// inside a warp, fixed trees across warps) and no kernel uses float atomics,
+// so a launch gives bit-identical results run after run.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define DS4_WARP 32
+#define DS4_FULL_MASK 0xffffffffu
+
+// +infinity without <math.h>.
+#define DS4_INF __int_as_float(0x7f800000)
+
+// Compressor scores start at ds4's "minus infinity" (kv.rs NEG_INF).
+#define DS4_NEG_INF (-1e30f)
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// f32 -> binary16 (round to nearest even) -> f32, as numerics::f16_round.
+__device__ __forceinline__ float f16_round(float x) { return h2f(f2h(x)); }
+
+// Little-endian f16 at any 2-byte aligned address.
+__device__ __forceinline__ float load_f16(const u8* p) {
+    return h2f(*(const u16*)p);
+}
+
+// A u32 from two 2-byte aligned halves (IQ2_XXS blocks are 66 bytes, so
+// their words are not 4-byte aligned).
+__device__ __forceinline__ u32 load_u32_a2(const u8* p) {
+    const u16* h = (const u16*)p;
+    return (u32)h[0] | ((u32)h[1] << 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(DS4_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(DS4_FULL_MASK, v, o));
+    return v;
+}
+
+// Sum of one double per thread over the block (blockDim.x a multiple of 32,
+// at most 1024); every thread gets the result. `scratch` holds 32 doubles.
+__device__ double block_sum_f64(double v, double* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(DS4_FULL_MASK, v, o);
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int n_warps = blockDim.x / DS4_WARP;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double w = lane < n_warps ? scratch[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) w += __shfl_xor_sync(DS4_FULL_MASK, w, o);
+        if (lane == 0) scratch[0] = w;
+    }
+    __syncthreads();
+    double r = scratch[0];
+    __syncthreads();
+    return r;
+}
+
+// 1 / sqrt(mean(x^2) + eps) from a sum of squares taken in f64, as the CPU
+// reference (kernels::rms_norm) does.
+__device__ __forceinline__ float rms_inv(double ss, int n, float eps) {
+    return (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+}
+
+__device__ __forceinline__ float sigmoidf_ref(float z) { return 1.0f / (1.0f + expf(-z)); }
+__device__ __forceinline__ float siluf_ref(float z) { return z * sigmoidf_ref(z); }
+
+// ln(1 + e^z) with ds4's cut-offs (kernels::softplus).
+__device__ __forceinline__ float softplusf_ref(float z) {
+    if (z > 20.0f) return z;
+    if (z < -20.0f) return expf(z);
+    return log1pf(expf(z));
+}
+
+// ---------------------------------------------------------------------------
+// Quantisation simulations of the official graph (numerics.rs). Each is
+// written so that, given the same input floats, the output is bit-identical
+// to the Rust reference: power-of-two scales from the exponent bits, IEEE
+// divisions, round-half-even via rintf.
+
+// 2^ceil(log2(r)) for a positive finite r (numerics::pow2_ceil).
+__device__ float pow2_ceil(float r) {
+    const u32 bits = __float_as_uint(r);
+    const int exp_field = (bits >> 23) & 0xff;
+    const u32 mantissa = bits & 0x7fffff;
+    int e;
+    if (exp_field == 0) {
+        const int lz = __clz(mantissa) - 9;
+        const int top = -127 - lz;
+        e = (mantissa & (mantissa - 1)) == 0 ? top : top + 1;
+    } else {
+        const int fl = exp_field - 127;
+        e = mantissa == 0 ? fl : fl + 1;
+    }
+    return ldexpf(1.0f, e);
+}
+
+// Nearest E4M3FN value to v (|v| <= 448), ties to the even code.
+__device__ float e4m3_nearest(float v) {
+    const float a = fabsf(v);
+    float step;
+    if (a < 0.015625f) {
+        step = 0.001953125f;  // subnormal spacing 2^-9
+    } else {
+        const int fl = (int)((__float_as_uint(a) >> 23) & 0xff) - 127;
+        step = ldexpf(1.0f, fl - 3);
+    }
+    const float q = fminf(rintf(a / step) * step, 448.0f);
+    return copysignf(q, v);
+}
+
+// Nearest E2M1 magnitude to a (0 <= a <= 6), ties to the even code index.
+__device__ float e2m1_nearest(float a) {
+    if (a <= 0.25f) return 0.0f;
+    if (a < 0.75f) return 0.5f;
+    if (a <= 1.25f) return 1.0f;
+    if (a < 1.75f) return 1.5f;
+    if (a <= 2.5f) return 2.0f;
+    if (a < 3.5f) return 3.0f;
+    if (a <= 5.0f) return 4.0f;
+    return 6.0f;
+}
+
+// FP8-E4M3 round trip of one block of `n` <= 64 values at `blk`, by one
+// warp (lane handles elements lane and lane + 32).
+__device__ void fp8_block_warp(float* blk, int n) {
+    const int lane = threadIdx.x % DS4_WARP;
+    const float x0 = lane < n ? blk[lane] : 0.0f;
+    const float x1 = lane + 32 < n ? blk[lane + 32] : 0.0f;
+    const float amax = fmaxf(warp_max(fmaxf(fabsf(x0), fabsf(x1))), 1e-4f);
+    const float scale = pow2_ceil(amax / 448.0f);
+    if (lane < n) blk[lane] = e4m3_nearest(fminf(fmaxf(x0 / scale, -448.0f), 448.0f)) * scale;
+    if (lane + 32 < n)
+        blk[lane + 32] = e4m3_nearest(fminf(fmaxf(x1 / scale, -448.0f), 448.0f)) * scale;
+}
+
+// FP8 round trip of row[0..n_nope) in blocks of 64, spread over the warps
+// of the calling block. Callers synchronise around it.
+__device__ void fp8_row_block(float* row, int n_nope) {
+    const int warp = threadIdx.x / DS4_WARP, n_warps = blockDim.x / DS4_WARP;
+    for (int b = warp; b * 64 < n_nope; b += n_warps) {
+        const int n = min(64, n_nope - b * 64);
+        fp8_block_warp(row + b * 64, n);
+    }
+}
+
+// FP4-E2M1 round trip of one value per lane forming a block of 32.
+__device__ __forceinline__ float fp4_lane(float x) {
+    const float amax = fmaxf(warp_max(fabsf(x)), 7.052966104933725e-38f);
+    const float scale = pow2_ceil(amax / 6.0f);
+    const float v = fminf(fmaxf(x / scale, -6.0f), 6.0f);
+    return copysignf(e2m1_nearest(fabsf(v)), v) * scale;
+}
+
+// Orthonormal Walsh-Hadamard transform of a 128-wide row by one warp, then
+// (if fp4) the FP4 round trip in blocks of 32. Lane l holds elements
+// l + 32j; butterflies keep numerics::hadamard's (a + b, a - b) order.
+__device__ void hadamard128_warp(float* row, bool fp4) {
+    const int lane = threadIdx.x % DS4_WARP;
+    float v[4];
+    for (int j = 0; j < 4; j++) v[j] = row[lane + 32 * j];
+    for (int h = 1; h < 32; h <<= 1) {
+        const bool upper = (lane & h) != 0;
+        for (int j = 0; j < 4; j++) {
+            const float other = __shfl_xor_sync(DS4_FULL_MASK, v[j], h);
+            v[j] = upper ? other - v[j] : v[j] + other;
+        }
+    }
+    for (int h = 1; h < 4; h <<= 1) {
+        for (int j = 0; j < 4; j++) {
+            if ((j & h) == 0) {
+                const float a = v[j], b = v[j + h];
+                v[j] = a + b;
+                v[j + h] = a - b;
+            }
+        }
+    }
+    const float s = (float)0.08838834764831845;  // 1/sqrt(128), rounded once as in Rust
+    for (int j = 0; j < 4; j++) v[j] *= s;
+    if (fp4) {
+        for (int j = 0; j < 4; j++) v[j] = fp4_lane(v[j]);
+    }
+    for (int j = 0; j < 4; j++) row[lane + 32 * j] = v[j];
+}
+
+// Rotates the trailing 2*n_pairs dims of a row of `width` (interleaved
+// pairs) by position `pos`; pair k is handled by the thread with index k in
+// [0, n_pairs). numerics::Rope::apply computes theta = pos * inv_freq[k] in f32.
+__device__ __forceinline__ void rope_pair(float* row, int width, int n_pairs, int k,
+                                          const float* inv_freq, int pos, bool inverse) {
+    const float theta = (float)pos * inv_freq[k];
+    float s, c;
+    sincosf(theta, &s, &c);
+    if (inverse) s = -s;
+    const int i = width - 2 * n_pairs + 2 * k;
+    const float x0 = row[i], x1 = row[i + 1];
+    row[i] = x0 * c - x1 * s;
+    row[i + 1] = x0 * s + x1 * c;
+}

@@ -1,0 +1,450 @@
+//! Stage parity: every GPU stage against the CPU reference on the same
+//! random inputs, with the tiny_a weights (and random Q4_K blocks, a format
+//! tiny_a lacks). Continuous stages are compared in exact numerics; the
+//! quantisation simulations are checked for bit-identity on their own,
+//! since a 1-ulp input difference may move an FP8/FP4 value by a whole step.
+
+use ds4_cpu::{Act, CpuBackend, CpuKv, CpuOptions};
+use ds4_gguf::GgmlType;
+use ds4_model::backend::{Backend, CompressorKind};
+use ds4_model::numerics::{f16_round, fp4_round_trip, fp8_kv_round_trip, hadamard, Numerics};
+use ds4_model::{AttentionKind, Model, Tensor};
+use ds4_quant::BlockFormat;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::Report;
+use crate::{CudaAct, CudaBackend, CudaKv, Simulation};
+
+type Res<T> = anyhow::Result<T>;
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn format_of(t: GgmlType) -> BlockFormat {
+    ds4_cpu::kernels::block_format(t)
+}
+
+struct Ctx<'a> {
+    model: &'a Model,
+    gpu: &'a CudaBackend,
+    cpu: CpuBackend,
+    rng: ChaCha8Rng,
+}
+
+impl Ctx<'_> {
+    fn bytes(&self, t: &Tensor) -> &[u8] {
+        self.model.bytes(t)
+    }
+
+    /// The same random rows on both backends.
+    fn act(&mut self, rows: usize, width: usize, scale: f32) -> Res<(Act, CudaAct)> {
+        let data = uniform(&mut self.rng, rows * width, scale);
+        let g = self.gpu.upload_act(rows, width, &data)?;
+        Ok((Act::from_vec(rows, width, data), g))
+    }
+
+    fn down(&self, a: &CudaAct) -> Res<Vec<f32>> {
+        Ok(self.gpu.download_act(a)?)
+    }
+}
+
+pub fn run(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> Res<()> {
+    gpu.set_numerics(Numerics::Exact);
+    let cpu = CpuBackend::new(
+        model,
+        CpuOptions {
+            numerics: Numerics::Exact,
+            threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+        },
+    );
+    let mut c = Ctx {
+        model,
+        gpu: &*gpu,
+        cpu,
+        rng: ChaCha8Rng::seed_from_u64(0x0d5_4cda),
+    };
+    formats(&mut c, report)?;
+    simulations(&mut c, report)?;
+    hyper_connections(&mut c, report)?;
+    layers(&mut c, report, &Plan::TINY)
+}
+
+/// The stages at production widths (see `wide`): hyper-connections, every
+/// attention kind over more than 4 × 512 tokens (so the indexer selects 512
+/// of 640 rows), both routings and the experts.
+pub fn run_wide(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> Res<()> {
+    gpu.set_numerics(Numerics::Exact);
+    let mut c = Ctx {
+        model,
+        gpu: &*gpu,
+        cpu: CpuBackend::new(
+            model,
+            CpuOptions {
+                numerics: Numerics::Exact,
+                threads: std::thread::available_parallelism().map_or(1, |p| p.get()),
+            },
+        ),
+        rng: ChaCha8Rng::seed_from_u64(0x0d5_3de),
+    };
+    hyper_connections(&mut c, report)?;
+    layers(&mut c, report, &Plan::WIDE)
+}
+
+/// How long the KV sequences of the attention checks run.
+struct Plan {
+    batches: &'static [usize],
+    /// Tokens whose indexer choice may differ from the CPU's: exact near-ties
+    /// of 640 continuous scores can fall either way at f32 precision.
+    sel_mismatch_permille: usize,
+}
+
+impl Plan {
+    const TINY: Plan = Plan {
+        batches: &[48, 1, 1, 1, 1, 1, 1],
+        sel_mismatch_permille: 0,
+    };
+    const WIDE: Plan = Plan {
+        batches: &[512, 512, 512, 512, 512, 1, 1, 1],
+        sel_mismatch_permille: 10,
+    };
+}
+
+fn layers(c: &mut Ctx, report: &mut Report, plan: &Plan) -> Res<()> {
+    let cfg = c.model.config.clone();
+    for kind in [
+        AttentionKind::Window,
+        AttentionKind::Sparse,
+        AttentionKind::Heavy,
+    ] {
+        if let Some(il) = (0..cfg.n_layer).find(|&il| cfg.attention_kind(il) == kind) {
+            attention(c, report, il, plan)?;
+        }
+    }
+    ffn(c, report, 0)?;
+    if cfg.n_hash_layer < cfg.n_layer {
+        ffn(c, report, cfg.n_hash_layer)?;
+    }
+    Ok(())
+}
+
+/// Every block format: dequantisation bit-identical to ds4-quant, and the
+/// matrix kernel within tolerance of ds4-quant's matvec.
+fn formats(c: &mut Ctx, report: &mut Report) -> Res<()> {
+    let w = &c.model.weights;
+    let l0 = &w.layers[0];
+    let samples: Vec<&Tensor> = vec![
+        &l0.attn.norm,
+        &l0.hc_attn.func,
+        &l0.attn.q_a,
+        &l0.ffn.down_exps,
+        &l0.ffn.gate_exps,
+    ];
+    let mut cases: Vec<(String, GgmlType, usize, usize, Vec<u8>)> = samples
+        .into_iter()
+        .map(|t| {
+            let bytes = c.bytes(t)[..t.matrix_bytes()].to_vec();
+            (t.name.clone(), t.ggml_type, t.row_len(), t.n_rows(), bytes)
+        })
+        .collect();
+    // Q4_K is not in tiny_a: random weights through ds4-quant's quantiser.
+    let (rows, len) = (48, 512);
+    let values = uniform(&mut c.rng, rows * len, 0.05);
+    let mut q4 = vec![0u8; rows * (len / 256) * 144];
+    ds4_quant::quantize(BlockFormat::Q4_K, &values, &mut q4)?;
+    cases.push(("random".into(), GgmlType::Q4_K, len, rows, q4));
+    for (name, t, row_len, n_rows, bytes) in cases {
+        let mut want = vec![0f32; row_len * n_rows];
+        ds4_quant::dequantize(format_of(t), &bytes, &mut want)?;
+        let got = c.gpu.dequantize_host(t, row_len, n_rows, &bytes)?;
+        report.identical(&format!("dequant {t} ({name})"), &got, &want);
+        let n_tok = 3;
+        let x = uniform(&mut c.rng, n_tok * row_len, 1.0);
+        let got = c.gpu.matmul_host(t, row_len, n_rows, &bytes, &x)?;
+        let mut want = vec![0f32; n_tok * n_rows];
+        for (xt, yt) in x.chunks_exact(row_len).zip(want.chunks_exact_mut(n_rows)) {
+            ds4_quant::matvec(format_of(t), &bytes, n_rows, xt, yt)?;
+        }
+        report.compare(&format!("matvec {t} ({name})"), &got, &want);
+    }
+    Ok(())
+}
+
+/// The official numerics' simulations must be bit-identical to numerics.rs.
+fn simulations(c: &mut Ctx, report: &mut Report) -> Res<()> {
+    let (rows, width, nope) = (64, 512, 448);
+    let mut data = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        // Magnitudes from 1e-7 (subnormal FP8 scales) to 1e4 (clamping).
+        let scale = 10f32.powf(-7.0 + 11.0 * r as f32 / rows as f32);
+        let mut row = uniform(&mut c.rng, width, scale);
+        if r % 8 == 0 {
+            row[..64].iter_mut().for_each(|v| *v = 0.0);
+        }
+        if r % 8 == 1 {
+            // Exact midpoints between FP8 codes at unit scale: ties to even.
+            for (i, v) in row[64..128].iter_mut().enumerate() {
+                *v = 1.0 + (2 * (i % 8) + 1) as f32 / 16.0;
+            }
+        }
+        data.extend(row);
+    }
+    let mut want = data.clone();
+    want.chunks_exact_mut(width)
+        .for_each(|r| fp8_kv_round_trip(r, nope));
+    let got = c
+        .gpu
+        .simulate(Simulation::Fp8 { n_nope: nope }, width, &data)?;
+    report.identical("sim FP8 E4M3 KV round trip", &got, &want);
+
+    let n = 128;
+    let mut data = Vec::new();
+    for r in 0..rows {
+        let scale = 10f32.powf(-6.0 + 9.0 * r as f32 / rows as f32);
+        data.extend(uniform(&mut c.rng, n, scale));
+    }
+    for fp4 in [false, true] {
+        let mut want = data.clone();
+        for row in want.chunks_exact_mut(n) {
+            hadamard(row);
+            if fp4 {
+                fp4_round_trip(row);
+            }
+        }
+        let got = c.gpu.simulate(Simulation::HadamardFp4 { fp4 }, n, &data)?;
+        let name = if fp4 {
+            "sim Hadamard128 + FP4 E2M1"
+        } else {
+            "sim Hadamard128"
+        };
+        report.identical(name, &got, &want);
+    }
+    let mut data = uniform(&mut c.rng, 4096, 70000.0);
+    data.extend(uniform(&mut c.rng, 4096, 1e-5));
+    let want: Vec<f32> = data.iter().map(|&v| f16_round(v)).collect();
+    let got = c.gpu.simulate(Simulation::F16Round, 4096, &data)?;
+    report.identical("sim f16 round", &got, &want);
+    Ok(())
+}
+
+fn hyper_connections(c: &mut Ctx, report: &mut Report) -> Res<()> {
+    let cfg = c.model.config.clone();
+    let w = &c.model.weights;
+    let (t, d, hc) = (5, cfg.d_model, cfg.n_hc * cfg.d_model);
+    let tokens: Vec<u32> = (0..t)
+        .map(|_| c.rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let want = c.cpu.embed(&w.token_embd, &tokens, 0)?;
+    let got = c.gpu.embed(&w.token_embd, &tokens, 0)?;
+    report.identical("stage embed", &c.down(&got)?, &want.data);
+
+    let (xc, xg) = c.act(t, d, 2.0)?;
+    let layer = &w.layers[0];
+    let want = c.cpu.rms_norm(&xc, &layer.attn.norm)?;
+    let got = c.gpu.rms_norm(&xg, &layer.attn.norm)?;
+    report.compare("stage rms_norm", &c.down(&got)?, &want.data);
+
+    let (mut xc, mut xg) = c.act(t, hc, 1.0)?;
+    let (yc, mixc) = c.cpu.hc_pre(&layer.hc_attn, &xc)?;
+    let (yg, mixg) = c.gpu.hc_pre(&layer.hc_attn, &xg)?;
+    report.compare("stage hc_pre", &c.down(&yg)?, &yc.data);
+    let (fc, fg) = c.act(t, d, 1.0)?;
+    c.cpu.hc_post(&mut xc, &fc, &mixc)?;
+    c.gpu.hc_post(&mut xg, &fg, &mixg)?;
+    report.compare("stage hc_post", &c.down(&xg)?, &xc.data);
+
+    let want = c.cpu.output_head(w, &xc, 1..t)?;
+    let got = c.gpu.output_head(w, &xg, 1..t)?;
+    report.compare("stage output_head", &got, &want);
+    Ok(())
+}
+
+/// One layer's attention stages, over a prefill batch and then single-token
+/// decode steps, with the KV state of both backends fed the same rows.
+fn attention(c: &mut Ctx, report: &mut Report, il: usize, plan: &Plan) -> Res<()> {
+    let cfg = c.model.config.clone();
+    let kind = cfg.attention_kind(il);
+    let tag = format!("L{il} {kind:?}");
+    let w = &c.model.weights.layers[il].attn;
+    let (d, hd, q_width) = (cfg.d_model, cfg.head_dim, cfg.n_head * cfg.head_dim);
+
+    let (nc, ng) = c.act(4, d, 1.7)?;
+    let want = c.cpu.attention_inputs(il, w, &nc, 3)?;
+    let got = c.gpu.attention_inputs(il, w, &ng, 3)?;
+    report.compare(
+        &format!("stage attention_inputs q ({tag})"),
+        &c.down(&got.q)?,
+        &want.q.data,
+    );
+    report.compare(
+        &format!("stage attention_inputs q_latent ({tag})"),
+        &c.down(&got.q_latent)?,
+        &want.q_latent.data,
+    );
+    report.compare(
+        &format!("stage attention_inputs kv ({tag})"),
+        &c.down(&got.kv)?,
+        &want.kv.data,
+    );
+
+    let prefill = plan.batches.iter().copied().max().unwrap_or(1);
+    let ctx: usize = plan.batches.iter().sum::<usize>() + 8;
+    let mut kc: CpuKv = c.cpu.new_kv(ctx, prefill)?;
+    let mut kg: CudaKv = c.gpu.new_kv(ctx, prefill)?;
+    let (mut worst_attend, mut sel_diff, mut sel_total) = (0f64, 0usize, 0usize);
+    let mut comp_worst = [0f64; 2];
+    let mut pos0 = 0;
+    for &batch in plan.batches {
+        let (nc, ng) = c.act(batch, d, 1.7)?;
+        let (rc, rg) = c.act(batch, hd, 1.0)?;
+        let (qc, qg) = c.act(batch, q_width, 1.0)?;
+        let (lc, lg) = c.act(batch, cfg.q_lora_rank, 1.7)?;
+        c.cpu.append_raw(&mut kc, il, &rc, pos0)?;
+        c.gpu.append_raw(&mut kg, il, &rg, pos0)?;
+        if let Some(cw) = &w.compressor {
+            c.cpu
+                .compress(&mut kc, il, CompressorKind::Attention, cw, &nc, pos0)?;
+            c.gpu
+                .compress(&mut kg, il, CompressorKind::Attention, cw, &ng, pos0)?;
+            let cpu_rows = kc.layers[il]
+                .attn
+                .as_ref()
+                .map(|x| x.rows.clone())
+                .unwrap_or_default();
+            let gpu_rows = c.gpu.compressed_rows(&kg, il, CompressorKind::Attention)?;
+            comp_worst[0] = comp_worst[0].max(super::max_rel(&gpu_rows, &cpu_rows));
+            if gpu_rows.len() != cpu_rows.len() {
+                comp_worst[0] = f64::INFINITY;
+            }
+        }
+        let (sc, sg) = match (&w.indexer, kind) {
+            (Some(ix), AttentionKind::Sparse) => {
+                c.cpu.compress(
+                    &mut kc,
+                    il,
+                    CompressorKind::Indexer,
+                    &ix.compressor,
+                    &nc,
+                    pos0,
+                )?;
+                c.gpu.compress(
+                    &mut kg,
+                    il,
+                    CompressorKind::Indexer,
+                    &ix.compressor,
+                    &ng,
+                    pos0,
+                )?;
+                let cpu_rows = kc.layers[il]
+                    .index
+                    .as_ref()
+                    .map(|x| x.rows.clone())
+                    .unwrap_or_default();
+                let gpu_rows = c.gpu.compressed_rows(&kg, il, CompressorKind::Indexer)?;
+                comp_worst[1] = comp_worst[1].max(super::max_rel(&gpu_rows, &cpu_rows));
+                if gpu_rows.len() != cpu_rows.len() {
+                    comp_worst[1] = f64::INFINITY;
+                }
+                let sc = c.cpu.index(&kc, il, ix, &nc, &lc, pos0)?;
+                let sg = c.gpu.index(&kg, il, ix, &ng, &lg, pos0)?;
+                let host = c.gpu.selection_to_host(&sg, il)?;
+                sel_total += sc.iter().filter(|s| s.is_some()).count();
+                sel_diff += sc.iter().zip(&host).filter(|(a, b)| a != b).count();
+                // Attention gets the CPU's choice on both sides, so a
+                // near-tie flip in the indexer does not show up here too.
+                let shared = c.gpu.selection_from_host(&sc, il, pos0)?;
+                (Some(sc), Some(shared))
+            }
+            _ => (None, None),
+        };
+        let oc = c.cpu.attend(&kc, il, &qc, &w.sinks, sc.as_ref(), pos0)?;
+        let og = c.gpu.attend(&kg, il, &qg, &w.sinks, sg.as_ref(), pos0)?;
+        worst_attend = worst_attend.max(super::max_rel(&c.down(&og)?, &oc.data));
+        pos0 += batch;
+    }
+    let limit = super::STAGE_LIMIT;
+    if w.compressor.is_some() {
+        report.push(
+            format!("stage compress attention ({tag})"),
+            format!(
+                "max rel err {:.2e} over {pos0} tokens (limit {limit:.0e})",
+                comp_worst[0]
+            ),
+            comp_worst[0] <= limit,
+        );
+    }
+    if kind == AttentionKind::Sparse {
+        report.push(
+            format!("stage compress indexer ({tag})"),
+            format!("max rel err {:.2e} (limit {limit:.0e})", comp_worst[1]),
+            comp_worst[1] <= limit,
+        );
+        report.push(
+            format!("stage index top-k ({tag})"),
+            format!(
+                "{sel_diff} of {sel_total} selecting tokens differ from the CPU's choice (allowed {}‰)",
+                plan.sel_mismatch_permille
+            ),
+            sel_diff * 1000 <= plan.sel_mismatch_permille * sel_total && sel_total > 0,
+        );
+    }
+    report.push(
+        format!("stage attend ({tag})"),
+        format!("max rel err {worst_attend:.2e} over {pos0} tokens (limit {limit:.0e})"),
+        worst_attend <= limit,
+    );
+
+    let (oc, og) = c.act(3, q_width, 1.0)?;
+    let want = c.cpu.attention_output(il, w, &oc, 17)?;
+    let got = c.gpu.attention_output(il, w, &og, 17)?;
+    report.compare(
+        &format!("stage attention_output ({tag})"),
+        &c.down(&got)?,
+        &want.data,
+    );
+    Ok(())
+}
+
+fn ffn(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
+    let cfg = c.model.config.clone();
+    let tag = if il < cfg.n_hash_layer {
+        "hash"
+    } else {
+        "learned"
+    };
+    let w = &c.model.weights.layers[il].ffn;
+    let t = 6;
+    let tokens: Vec<u32> = (0..t)
+        .map(|_| c.rng.random_range(0..cfg.vocab_size as u32))
+        .collect();
+    let (nc, ng) = c.act(t, cfg.d_model, 1.7)?;
+    let rc = c.cpu.route(il, w, &nc, &tokens)?;
+    let rg = c.gpu.route(il, w, &ng, &tokens)?;
+    let (ids, weights) = c.gpu.routes_to_host(&rg)?;
+    let same_ids = ids == rc.ids;
+    report.push(
+        format!("stage route ids (L{il} {tag})"),
+        format!(
+            "{} of {} choices equal the CPU's",
+            ids.iter().zip(&rc.ids).filter(|(a, b)| a == b).count(),
+            rc.ids.len()
+        ),
+        same_ids,
+    );
+    report.compare(
+        &format!("stage route weights (L{il} {tag})"),
+        &weights,
+        &rc.weights,
+    );
+    if same_ids {
+        let want = c.cpu.experts(il, w, &nc, &rc)?;
+        let got = c.gpu.experts(il, w, &ng, &rg)?;
+        report.compare(
+            &format!("stage experts (L{il} {tag})"),
+            &c.down(&got)?,
+            &want.data,
+        );
+    }
+    Ok(())
+}
