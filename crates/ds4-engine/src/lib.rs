@@ -7,6 +7,7 @@
 //! hands the disk cache the text its files are keyed by.
 
 mod error;
+pub mod generate;
 pub mod kvstore;
 pub mod pool;
 pub mod sampling;
@@ -14,6 +15,7 @@ pub mod session;
 pub mod vocab;
 
 pub use error::{EngineError, Result};
+pub use generate::{generate, Finish, FnSink, GenerateOptions, Generated, Step, TokenSink};
 pub use kvstore::inspect::{inspect_file, inspect_file_with, list_dir, Listing, Report};
 pub use kvstore::{CachePolicy, KvStore, KvStoreOptions, SaveReason};
 pub use pool::{DiskCache, PoolOptions, PrepareReport, SessionId, SessionPool};
