@@ -35,12 +35,26 @@ enum Command {
     /// GGUF files: inspect, synthesize
     #[command(subcommand)]
     Gguf(cmd::gguf::GgufCommand),
+    /// Print the token ids of a text (or, with --decode, the text of ids)
+    Tokenize(cmd::text::TokenizeArgs),
+    /// Render chat requests with the official encoding (JSON lines in, JSON lines out)
+    Render(cmd::text::RenderArgs),
+    /// Numerical dumps for external checks
+    #[command(subcommand)]
+    Debug(cmd::debug::DebugCommand),
+    /// Disk KV cache files
+    #[command(subcommand)]
+    Kv(cmd::kv::KvCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Gguf(c)) => cmd::gguf::run(c),
+        Some(Command::Tokenize(a)) => cmd::text::tokenize(a),
+        Some(Command::Render(a)) => cmd::text::render_cases(a),
+        Some(Command::Debug(c)) => cmd::debug::run(c),
+        Some(Command::Kv(c)) => cmd::kv::run(c),
         None if cli.demo => cmd::run::demo(),
         None => cmd::run::default(&cli.model),
     };
