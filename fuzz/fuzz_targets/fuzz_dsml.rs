@@ -10,7 +10,10 @@ use ds4_text::dsml::{
 };
 use libfuzzer_sys::fuzz_target;
 
-fn project(chunks: &[&str], opts: ProjectorOptions) -> (Vec<StreamEvent>, ds4_text::dsml::ParsedTurn) {
+fn project(
+    chunks: &[&str],
+    opts: ProjectorOptions,
+) -> (Vec<StreamEvent>, ds4_text::dsml::ParsedTurn) {
     let mut p = DsmlProjector::new(opts);
     let mut events = Vec::new();
     for c in chunks {
@@ -61,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole_turn, turn);
 
     let (name, args) = text.split_once('\u{1}').unwrap_or(("f", text));
-    let calls = [JsonToolCall { name, arguments: args }];
+    let calls = [JsonToolCall {
+        name,
+        arguments: args,
+    }];
     let _ = canonical_ds4(&calls);
     let _ = canonical_official(&calls);
 });

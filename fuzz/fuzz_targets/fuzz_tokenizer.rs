@@ -12,7 +12,10 @@ use libfuzzer_sys::fuzz_target;
 fn tok() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/ds4-text/tests/data/tokenizer.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crates/ds4-text/tests/data/tokenizer.json"
+        );
         Tokenizer::from_tokenizer_json(&std::fs::read_to_string(path).expect("tokenizer.json"))
             .expect("tokenizer loads")
     })
@@ -42,7 +45,13 @@ fuzz_target!(|data: &[u8]| {
     let segments: Vec<Segment<'_>> = segs
         .iter()
         .enumerate()
-        .map(|(i, s)| if i % 2 == 0 { Segment::Template(s) } else { Segment::Untrusted(s) })
+        .map(|(i, s)| {
+            if i % 2 == 0 {
+                Segment::Template(s)
+            } else {
+                Segment::Untrusted(s)
+            }
+        })
         .collect();
     for mode in [EncodeMode::Hf, EncodeMode::Ds4] {
         let ids = tok.encode_segments(segments.iter().copied(), mode);

@@ -83,3 +83,51 @@ fn parse_cases() {
     }
     assert_eq!(errors, 5);
 }
+
+/// Differential check against extra parse cases generated with the official encoder:
+/// `DS4_TEXT_PARSE_CASES=cases.jsonl cargo test -p ds4-text -- --ignored`.
+#[test]
+#[ignore]
+fn parse_extra_cases_from_env() {
+    let Ok(path) = std::env::var("DS4_TEXT_PARSE_CASES") else {
+        return;
+    };
+    let mut bad = Vec::new();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        n += 1;
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mode = ThinkingMode::parse(c["thinking_mode"].as_str().unwrap()).unwrap();
+        let got = parse_completion(c["generated_text"].as_str().unwrap(), mode);
+        let ok = match (&got, c["error"]["type"].as_str()) {
+            (Err(e), Some(t)) => e.python_type() == t,
+            (Ok(g), None) => {
+                let w = &c["parsed"];
+                g.content == w["content"]
+                    && g.reasoning_content == w["reasoning_content"]
+                    && g.tool_calls.len() == w["tool_calls"].as_array().unwrap().len()
+                    && g.tool_calls
+                        .iter()
+                        .zip(w["tool_calls"].as_array().unwrap())
+                        .all(|(a, b)| {
+                            a.name == b["function"]["name"]
+                                && a.arguments == b["function"]["arguments"]
+                        })
+            }
+            _ => false,
+        };
+        if !ok {
+            bad.push(format!(
+                "{:?}: got {got:?} want {} / {}",
+                c["generated_text"], c["parsed"], c["error"]
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {n} differ:\n{}",
+        bad.len(),
+        bad[..bad.len().min(6)].join("\n")
+    );
+}

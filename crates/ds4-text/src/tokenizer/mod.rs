@@ -22,6 +22,10 @@
 //! added-token literal. The fixtures' `token_ids` are HF encodes of the whole rendered string;
 //! they differ from the segment-aware encoding exactly when request text contains such literals.
 //!
+//! For serving, `prompt.tokenize(&tok, EncodeMode::Hf)` gives the official model input for the
+//! template (task tokens and `<｜latest_reminder｜>` become tokens, as in training);
+//! `EncodeMode::Ds4` reproduces ds4's rendered-chat tokenization of the template instead.
+//!
 //! # Loading from GGUF
 //!
 //! [`Tokenizer::from_gguf_vocab`] takes `tokenizer.ggml.tokens`, `tokenizer.ggml.merges` and,
