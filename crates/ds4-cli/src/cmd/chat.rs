@@ -482,12 +482,7 @@ pub fn run_turn<B: Backend>(
     } = turn;
     let specials = tok.specials()?;
     let ctx = engine.options().ctx;
-    if prompt.len() >= ctx {
-        bail!(
-            "the prompt has {} tokens and does not fit the context (ctx={ctx}; raise --ctx)",
-            prompt.len()
-        );
-    }
+    check_fits(prompt.len(), ctx)?;
     let mut bar = PrefillBar::new(engine.options().prefill_chunk);
     let mut progress = |p: &ds4_engine::Progress| bar.update(p);
     let t0 = Instant::now();
@@ -540,6 +535,16 @@ pub fn run_turn<B: Backend>(
     })
 }
 
+/// A prompt needs room for itself and one generated token.
+pub fn check_fits(prompt: usize, ctx: usize) -> Result<()> {
+    if prompt >= ctx {
+        bail!(
+            "the prompt has {prompt} tokens and does not fit the context (ctx={ctx}; raise --ctx)"
+        );
+    }
+    Ok(())
+}
+
 /// The `ds4: context buffers …` line.
 pub fn context_line<B: Backend>(
     engine: &Engine<B>,
@@ -574,6 +579,7 @@ impl EngineTask for OneShot {
     ) -> Result<ExitCode> {
         let conv = Conversation::new(self.args.system());
         let prompt = conv.prompt(&tok, &self.user, self.think)?;
+        check_fits(prompt.tokens.len(), engine.options().ctx)?;
         let mut session = engine.new_session()?;
         eprintln!("{}", context_line(&engine, &session, backend));
         let mut sampler = Sampler::new(self.args.sampling());

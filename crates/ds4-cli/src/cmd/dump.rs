@@ -15,7 +15,7 @@ use ds4_model::backend::Backend;
 use ds4_text::Tokenizer;
 use serde::Serialize;
 
-use crate::cmd::chat::{context_line, ChatArgs, Conversation, Think};
+use crate::cmd::chat::{check_fits, context_line, ChatArgs, Conversation, Think};
 use crate::cmd::load::{tokenizer_only, with_engine, BackendKind, EngineTask};
 use crate::output::emit;
 
@@ -141,12 +141,7 @@ impl EngineTask for DumpLogprobs<'_> {
     ) -> Result<ExitCode> {
         let prompt = prompt_tokens(self.args, &tok, self.text, self.think)?;
         let ctx = engine.options().ctx;
-        if prompt.len() >= ctx {
-            anyhow::bail!(
-                "the prompt has {} tokens and does not fit the context (ctx={ctx}; raise --ctx)",
-                prompt.len()
-            );
-        }
+        check_fits(prompt.len(), ctx)?;
         let mut session = engine.new_session()?;
         eprintln!("{}", context_line(&engine, &session, backend));
         let t0 = Instant::now();
