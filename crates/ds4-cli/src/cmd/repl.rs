@@ -30,11 +30,39 @@ ds4 chat: type a message and press Enter. Commands:
   /think-max     maximum-effort thinking (needs a context of at least 393216)
   /nothink       answer without thinking
   /ctx N         switch to a context of N tokens (the conversation is kept)
+  /tokens N      generate at most N tokens per answer
   /read FILE     send the content of FILE as the next message
   /quit, /exit   leave (Ctrl+D too)
 Ctrl+C stops a generation and keeps the conversation.";
 
 const HISTORY_SIZE: usize = 512;
+
+/// Makes SIGINT (Ctrl+C while a turn runs; the editor reads Ctrl+C as a key)
+/// raise [`CANCEL`] instead of ending the process.
+#[cfg(unix)]
+fn on_sigint_cancel() -> std::io::Result<()> {
+    extern "C" fn handler(_: libc::c_int) {
+        // An atomic store is async-signal-safe.
+        CANCEL.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: a zeroed `sigaction` is a valid value; the handler only
+    // touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn on_sigint_cancel() -> std::io::Result<()> {
+    Err(std::io::Error::other("not supported on this platform"))
+}
 
 fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ds4_history"))
@@ -184,9 +212,6 @@ impl EngineTask for Repl {
         make: &dyn Fn(usize) -> Result<Engine<B>>,
         backend: BackendKind,
     ) -> Result<ExitCode> {
-        if let Err(e) = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst)) {
-            eprintln!("ds4: warning: Ctrl+C cannot stop generations here ({e})");
-        }
         let session = engine.new_session()?;
         eprintln!("{}", context_line(&engine, &session, backend));
         let mut chat = Chat {
@@ -205,6 +230,10 @@ impl EngineTask for Repl {
             .auto_add_history(false)
             .build();
         let mut rl: Editor<(), FileHistory> = Editor::with_config(config)?;
+        // After the editor, which takes SIGINT over for as long as it lives.
+        if let Err(e) = on_sigint_cancel() {
+            eprintln!("ds4: warning: Ctrl+C cannot stop generations here ({e})");
+        }
         let history = history_path();
         if let Some(h) = &history {
             // A missing history file is the normal first run.
@@ -230,6 +259,13 @@ impl EngineTask for Repl {
                     "think-max" => chat.set_think(Think::Max),
                     "nothink" => chat.set_think(Think::None),
                     "ctx" => chat.set_ctx(&arg)?,
+                    "tokens" => match arg.parse::<usize>() {
+                        Ok(n) if n > 0 => {
+                            chat.max_tokens = n;
+                            println!("At most {n} tokens per answer.");
+                        }
+                        _ => eprintln!("ds4: /tokens needs a number above 0, got '{arg}'"),
+                    },
                     "read" if arg.is_empty() => eprintln!("ds4: /read needs a file name"),
                     "read" => match std::fs::read(&arg) {
                         Ok(bytes) => chat.turn(&String::from_utf8_lossy(&bytes)),
