@@ -105,11 +105,16 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let o = self
-            .cmd()
-            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", "chat"])
-            .output()
-            .expect("capture-pane");
+        self.capture(false)
+    }
+
+    /// The pane's text, with colour escapes when `escapes`.
+    fn capture(&self, escapes: bool) -> String {
+        let mut args = vec!["capture-pane", "-p", "-J", "-S", "-", "-t", "chat"];
+        if escapes {
+            args.push("-e");
+        }
+        let o = self.cmd().args(&args).output().expect("capture-pane");
         stdout(&o)
     }
 
@@ -212,6 +217,11 @@ fn tmux_chat_ctrl_c_nothink_and_kv_reuse() {
     assert!(first.4.contains(", interrupted)"), "{}", first.4);
     assert!(first.3 > 0, "{}", first.4);
     assert_eq!(first.1, 0, "{}", first.4);
+    // Thinking mode on a terminal: the reasoning is grey.
+    assert!(
+        tmux.capture(true).contains("\u{1b}[90m"),
+        "no grey reasoning"
+    );
 
     // Thinking off, a short answer.
     tmux.type_line("/nothink");
