@@ -6,7 +6,6 @@ mod cmd;
 mod output;
 mod report;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,13 +15,13 @@ use clap::{Parser, Subcommand};
     name = "ds4",
     version,
     about = "DeepSeek V4 Flash inference engine",
-    long_about = "DeepSeek V4 Flash inference engine.\n\nWithout a subcommand, ds4 checks the model \
-                  at -m and reports what it can do with it; `ds4 --demo` runs without any model."
+    long_about = "DeepSeek V4 Flash inference engine.\n\nWithout a subcommand: `ds4 -p TEXT` answers \
+                  one prompt, `ds4` alone chats interactively, `ds4 --inspect` reports on the model \
+                  at -m, and `ds4 --demo` runs without any model."
 )]
-struct Cli {
-    /// Model file (GGUF)
-    #[arg(short = 'm', long = "model", default_value = "./ds4flash.gguf")]
-    model: PathBuf,
+pub struct Cli {
+    #[command(flatten)]
+    pub chat: cmd::chat::ChatArgs,
     /// Synthesize a tiny model in a temporary directory, inspect it, and show what ds4 does today
     #[arg(long)]
     demo: bool,
@@ -45,18 +44,26 @@ enum Command {
     /// Disk KV cache files
     #[command(subcommand)]
     Kv(cmd::kv::KvCommand),
+    /// Prefill and decode tokens/s at context frontiers (CSV as ds4-bench, optional SVG chart)
+    Bench(cmd::bench::BenchArgs),
+    /// Download a published model (q2, q4, q2-imatrix, q4-imatrix) or the MTP head
+    Pull(cmd::pull::PullArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // ds4 spells the system-prompt flag `-sys`.
+    let args = std::env::args_os().map(|a| if a == "-sys" { "--system".into() } else { a });
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Some(Command::Gguf(c)) => cmd::gguf::run(c),
         Some(Command::Tokenize(a)) => cmd::text::tokenize(a),
         Some(Command::Render(a)) => cmd::text::render_cases(a),
         Some(Command::Debug(c)) => cmd::debug::run(c),
         Some(Command::Kv(c)) => cmd::kv::run(c),
+        Some(Command::Bench(a)) => cmd::bench::run(a),
+        Some(Command::Pull(a)) => cmd::pull::run(a),
         None if cli.demo => cmd::run::demo(),
-        None => cmd::run::default(&cli.model),
+        None => cmd::chat::run(cli.chat),
     };
     match result {
         Ok(code) => code,

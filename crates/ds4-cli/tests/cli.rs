@@ -261,17 +261,14 @@ fn without_a_model_ds4_says_what_is_missing() {
 
 #[test]
 fn with_a_model_ds4_reports_what_it_is() {
-    let o = ds4(&["-m", tiny_a().to_str().unwrap()]);
+    let o = ds4(&["-m", tiny_a().to_str().unwrap(), "--inspect"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
         out.contains("verdict: binds (non-production shape"),
         "{out}"
     );
-    assert!(
-        out.contains("Text generation arrives with the forward pass"),
-        "{out}"
-    );
+    assert!(out.contains("Chat with it: ds4 -m FILE"), "{out}");
 }
 
 #[test]
@@ -284,6 +281,10 @@ fn demo_runs_without_a_model() {
         "{out}"
     );
     assert!(out.contains("<｜User｜> = 128803"), "{out}");
+    assert!(
+        out.contains("Generating 16 tokens") && stderr(&o).contains("generated 16, token limit"),
+        "{out}"
+    );
     assert!(
         out.contains("verdict: binds (non-production shape"),
         "{out}"

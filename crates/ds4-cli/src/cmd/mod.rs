@@ -1,7 +1,14 @@
 //! One module per command group.
 
+pub mod bench;
+pub mod chat;
 pub mod debug;
+pub mod dump;
 pub mod gguf;
 pub mod kv;
+pub mod load;
+pub mod pull;
+pub mod repl;
 pub mod run;
+pub mod svg;
 pub mod text;

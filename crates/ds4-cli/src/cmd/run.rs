@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use ds4_gguf::GgufFile;
 use ds4_model::synth::{Preset, SynthSpec};
 
@@ -11,7 +12,8 @@ use crate::cmd::gguf::{describe_synth, open, synthesize};
 use crate::output::emit;
 use crate::report::Report;
 
-const NOT_YET: &str = "Text generation arrives with the forward pass (not implemented yet).";
+const USAGE: &str = "Chat with it: ds4 -m FILE; one answer: ds4 -m FILE -p TEXT; \
+                     throughput: ds4 bench -m FILE.";
 
 /// With a model: say what it is and whether ds4 can bind it. Without: say
 /// what is missing and how to get a model, and fail.
@@ -26,7 +28,7 @@ pub fn default(model: &Path) -> Result<ExitCode> {
              \x20   86.7 GB; 44 s into /dev/shm on a 16-core machine):\n\
              \x20       ds4 gguf synth --preset flash-q2 -o {path}\n\
              \x20   or a small one:  ds4 gguf synth --preset tiny -o tiny.gguf && ds4 -m tiny.gguf\n\
-             \x20 - download the published weights: `ds4 pull` (not implemented yet)\n\
+             \x20 - download the published weights (~81 GiB): ds4 pull q2\n\
              Or run `ds4 --demo`, which needs no model.",
             path = model.display()
         );
@@ -38,7 +40,7 @@ pub fn default(model: &Path) -> Result<ExitCode> {
         "model {}:\n{}{}\n",
         model.display(),
         report.summary(),
-        NOT_YET
+        USAGE
     ))?;
     Ok(if report.binding.binds {
         ExitCode::SUCCESS
@@ -103,11 +105,27 @@ pub fn demo() -> Result<ExitCode> {
     let file = open(&path)?;
     let report = Report::new(&path.display().to_string(), &file);
     emit(&format!(
-        "{}\n{}{}\n\n{NOT_YET}\nTo keep a model: ds4 gguf synth --preset tiny -o tiny.gguf && ds4 gguf inspect tiny.gguf\n(the demo's temporary file is removed now)\n",
+        "{}\n{}{}\n\nGenerating 16 tokens (greedy, no thinking) for \"Hello\" with random weights:\n",
         describe_synth(&spec, &written),
         report.summary(),
         tokenizer_line(&file),
     ))?;
+    let path_arg = path.display().to_string();
+    let args = crate::Cli::try_parse_from([
+        "ds4",
+        "-m",
+        &path_arg,
+        "--cpu",
+        "-p",
+        "Hello",
+        "-n",
+        "16",
+        "--nothink",
+        "--temp",
+        "0",
+    ])?;
+    crate::cmd::chat::run(args.chat)?;
+    emit("\nTo keep a model: ds4 gguf synth --preset tiny -o tiny.gguf && ds4 -m tiny.gguf\n(the demo's temporary file is removed now)\n")?;
     Ok(if report.binding.binds {
         ExitCode::SUCCESS
     } else {
