@@ -35,12 +35,15 @@ enum Command {
     /// GGUF files: inspect, synthesize
     #[command(subcommand)]
     Gguf(cmd::gguf::GgufCommand),
+    /// HTTP API server (OpenAI chat/completions/responses, Anthropic messages)
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Gguf(c)) => cmd::gguf::run(c),
+        Some(Command::Serve(a)) => cmd::serve::run(a, &cli.model),
         None if cli.demo => cmd::run::demo(),
         None => cmd::run::default(&cli.model),
     };
