@@ -2,8 +2,9 @@
 //! ([`Event`]s ending in a [`TurnResult`]); thinking controls (§5.6) and
 //! sampling (§5.7) shared by all endpoints; rendering a chat request.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ds4_engine::SamplingParams;
 use ds4_text::chat::{
@@ -187,7 +188,42 @@ pub struct Job {
     /// The raw request, for the trace.
     pub raw: Option<String>,
     pub events: UnboundedSender<Event>,
-    pub cancel: Arc<AtomicBool>,
+    pub cancel: Arc<Cancel>,
+}
+
+/// A job's cancel flag and when it was raised (the client went away, or
+/// shutdown).
+#[derive(Debug, Default)]
+pub struct Cancel {
+    flag: AtomicBool,
+    at: Mutex<Option<Instant>>,
+}
+
+impl Cancel {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn raise(&self) {
+        if !self.flag.swap(true, Ordering::SeqCst) {
+            if let Ok(mut at) = self.at.lock() {
+                *at = Some(Instant::now());
+            }
+        }
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// The flag the engine polls.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.flag
+    }
+
+    pub fn raised_at(&self) -> Option<Instant> {
+        self.at.lock().ok().and_then(|a| *a)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,7 +343,7 @@ pub fn chat_job(
     shared: &Shared,
     mut input: ChatInput,
     events: UnboundedSender<Event>,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<Cancel>,
 ) -> Result<Job, ApiError> {
     let tools = input.tools_enabled && !input.tools.is_empty();
     let tool_context = input

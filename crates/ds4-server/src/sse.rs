@@ -7,7 +7,6 @@
 //! client goes away the body is dropped, which drops the event receiver and
 //! raises the job's cancel flag: the worker stops before the next token.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +16,14 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ApiError;
-use crate::job::Event;
+use crate::job::{Cancel, Event};
 
 /// Raises the cancel flag when dropped (the client went away).
-pub struct CancelGuard(pub Arc<AtomicBool>);
+pub struct CancelGuard(pub Arc<Cancel>);
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.raise();
     }
 }
 
@@ -67,7 +66,7 @@ fn is_final(ev: &Event) -> bool {
 pub fn response<F: StreamFormat>(
     rx: UnboundedReceiver<Event>,
     fmt: F,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<Cancel>,
     keepalive: Duration,
 ) -> Response {
     let state = State {

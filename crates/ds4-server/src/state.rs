@@ -46,8 +46,8 @@ pub struct LastJob {
     pub prefilled: usize,
     pub generated: usize,
     pub finish: &'static str,
-    /// Tokens generated after the client was seen gone (cancelled jobs).
-    pub generated_after_cancel: Option<usize>,
+    /// From the cancel (client gone, shutdown) to the worker stopping.
+    pub cancel_latency_ms: Option<u64>,
 }
 
 impl Stats {
@@ -63,7 +63,7 @@ impl Stats {
                 "prefilled_tokens" => l.prefilled,
                 "generated_tokens" => l.generated,
                 "finish" => l.finish,
-                "generated_after_cancel" => l.generated_after_cancel,
+                "cancel_latency_ms" => l.cancel_latency_ms,
             }
         });
         obj! {

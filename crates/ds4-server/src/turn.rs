@@ -13,7 +13,7 @@ use ds4_text::{Tokenizer, Utf8Stream};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::ids::random_id;
-use crate::job::{Event, FinishReason, ToolCallOut, TurnResult, Usage};
+use crate::job::{Cancel, Event, FinishReason, ToolCallOut, TurnResult, Usage};
 use crate::tracker::{DsmlTracker, StopList};
 
 /// Why the sink stopped generation.
@@ -43,7 +43,7 @@ pub struct TurnOptions<'a> {
     pub stops: Vec<String>,
     pub id_prefix: &'static str,
     pub events: &'a UnboundedSender<Event>,
-    pub cancel: &'a AtomicBool,
+    pub cancel: &'a Cancel,
     pub shutdown: &'a AtomicBool,
 }
 
@@ -60,8 +60,6 @@ pub struct TurnSink<'a> {
     pub reason: Option<SinkStop>,
     /// The close tag's token was accepted; stop before the next one.
     stop_next: bool,
-    /// Tokens accepted after the client was seen gone.
-    pub after_gone: usize,
     /// Scripted tokens that replace sampling (tests only).
     pub forced: Option<Box<dyn Forced + 'a>>,
 }
@@ -87,7 +85,6 @@ impl<'a> TurnSink<'a> {
             released: 0,
             reason: None,
             stop_next: false,
-            after_gone: 0,
             forced: None,
             o,
         }
@@ -145,7 +142,7 @@ impl<'a> TurnSink<'a> {
     fn gone(&self) -> Option<SinkStop> {
         if self.o.shutdown.load(Ordering::Relaxed) {
             Some(SinkStop::Shutdown)
-        } else if self.o.events.is_closed() || self.o.cancel.load(Ordering::Relaxed) {
+        } else if self.o.events.is_closed() || self.o.cancel.is_raised() {
             Some(SinkStop::ClientGone)
         } else {
             None
@@ -297,7 +294,6 @@ impl TokenSink for TurnSink<'_> {
             return Step::Stop;
         }
         if let Some(r) = self.gone() {
-            self.after_gone += 1;
             self.reason = Some(r);
             return Step::Stop;
         }

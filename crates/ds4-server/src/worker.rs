@@ -130,7 +130,7 @@ impl<B: Backend> Worker<B> {
                 );
                 continue;
             }
-            if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
+            if job.cancel.is_raised() || job.events.is_closed() {
                 stats.jobs_cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -250,7 +250,7 @@ impl<B: Backend> Worker<B> {
                 },
             );
             if shutdown.load(Ordering::Relaxed) || events.is_closed() {
-                cancel.store(true, Ordering::Relaxed);
+                cancel.raise();
             }
         };
         let prepared = self.pool.prepare(
@@ -258,7 +258,7 @@ impl<B: Backend> Worker<B> {
             &plan.tokens,
             Control {
                 progress: Some(&mut progress),
-                cancel: Some(&job.cancel),
+                cancel: Some(job.cancel.flag()),
             },
         );
         let (sid, report) = match prepared {
@@ -347,14 +347,15 @@ impl<B: Backend> Worker<B> {
                     s,
                     &mut sampler,
                     &opts,
-                    Some(&*job.cancel),
+                    Some(job.cancel.flag()),
                     &mut sink,
                 )
             })
             .and_then(|r| r);
+        let cancel_latency = job.cancel.raised_at().map(|t| t.elapsed());
         usage.completion = generated.as_ref().map_or(0, |g| g.tokens.len());
-        let gone = matches!(sink.reason, Some(SinkStop::ClientGone | SinkStop::Shutdown));
-        let after_gone = sink.after_gone;
+        let gone = matches!(sink.reason, Some(SinkStop::ClientGone | SinkStop::Shutdown))
+            || matches!(&generated, Ok(g) if g.finish == ds4_engine::Finish::Cancelled);
         let result = sink.finish(&generated, usage);
         self.after_turn(&job, sid, &result);
 
@@ -384,7 +385,7 @@ impl<B: Backend> Worker<B> {
                 prefilled: report.sync.evaluated,
                 generated: usage.completion,
                 finish: result.finish.openai(),
-                generated_after_cancel: gone.then_some(after_gone.saturating_sub(1)),
+                cancel_latency_ms: cancel_latency.map(|t| t.as_millis() as u64),
             });
         }
         let elapsed = t0.elapsed();

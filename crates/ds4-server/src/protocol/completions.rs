@@ -1,7 +1,6 @@
 //! `POST /v1/completions` (SERVING.md §2.6, §5.4, §5.8.2): the prompt goes
 //! into a fixed chat frame, the output is returned raw (reasoning included).
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::response::Response;
@@ -16,7 +15,8 @@ use super::chat::{usage_json, SAMPLING_KEYS};
 use super::{finish_job, model_of, Meta};
 use crate::error::{ApiError, Protocol};
 use crate::job::{
-    final_think, parse_effort, parse_thinking, ClientSampling, Event, Job, Kind, Think, TurnResult,
+    final_think, parse_effort, parse_thinking, Cancel, ClientSampling, Event, Job, Kind, Think,
+    TurnResult,
 };
 use crate::json::{to_text, Fields};
 use crate::obj;
@@ -162,7 +162,7 @@ async fn build(
         return Err(ApiError::context_length("prompt", tokens.len(), shared.ctx));
     }
     let (tx, rx) = unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let job = Job {
         seq: shared.next_seq(),
         kind: Kind::Completion,

@@ -8,7 +8,6 @@ pub mod chat;
 pub mod completions;
 pub mod responses;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -20,7 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::error::{json_response, ApiError, Protocol};
 use crate::ids::unix_now;
-use crate::job::{chat_job, ChatInput, Event, Job, TurnResult, Usage};
+use crate::job::{chat_job, Cancel, ChatInput, Event, Job, TurnResult, Usage};
 use crate::json::Fields;
 use crate::obj;
 use crate::sse::{CancelGuard, StreamFormat};
@@ -143,7 +142,7 @@ where
     R: FnOnce(&Meta, &TurnResult) -> PyValue,
 {
     let (tx, rx) = unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let stream = input.stream;
     let model = input.model.clone();
     let s2 = Arc::clone(&shared);
@@ -183,7 +182,7 @@ pub async fn finish_job<F, R>(
     shared: Arc<Shared>,
     job: Job,
     rx: UnboundedReceiver<Event>,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<Cancel>,
     meta: Meta,
     stream: bool,
     proto: Protocol,
