@@ -156,19 +156,15 @@ async fn not_found(req: Request) -> Response {
 }
 
 /// Reads the JSON body of a POST endpoint.
-fn body_json(
-    shared: &Shared,
-    body: &Bytes,
-    proto: Protocol,
-) -> Result<(PyValue, Option<String>), Response> {
+fn body_json(shared: &Shared, body: &Bytes) -> Result<(PyValue, Option<String>), ApiError> {
     shared
         .stats
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if body.len() > shared.opts.max_body_bytes {
-        return Err(ApiError::too_large(shared.opts.max_body_bytes).response(proto));
+        return Err(ApiError::too_large(shared.opts.max_body_bytes));
     }
-    let v = parse_body(body).map_err(|e| e.response(proto))?;
+    let v = parse_body(body)?;
     let raw = shared
         .opts
         .trace
@@ -194,9 +190,9 @@ macro_rules! endpoint {
                     return err.response($proto);
                 }
             };
-            match body_json(&shared, &body, $proto) {
+            match body_json(&shared, &body) {
                 Ok((v, raw)) => $module::handle(shared, v, raw).await,
-                Err(r) => r,
+                Err(e) => e.response($proto),
             }
         }
     };

@@ -97,104 +97,109 @@ fn parse_host(host: &str) -> Result<Ipv4Addr, ServerError> {
 
 type Ready = Result<(Arc<Tokenizer>, usize, SpecialIds), String>;
 
-fn start_worker<B, F>(
-    opts: ServerOptions,
-    make: F,
-    jobs: std::sync::mpsc::Receiver<job::Job>,
-) -> (
-    std::sync::mpsc::Receiver<Ready>,
-    std::sync::mpsc::Sender<Arc<Shared>>,
-    JoinHandle<usize>,
-)
-where
-    B: Backend + 'static,
-    F: FnOnce() -> Result<Engine<B>, String> + Send + 'static,
-{
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
-    let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
-    let handle = std::thread::Builder::new()
-        .name("ds4-worker".into())
-        .spawn(move || {
-            let setup = || -> Result<(Engine<B>, SessionPool<B>, Arc<Tokenizer>, SpecialIds, Option<Trace>), String> {
-                let engine = make()?;
-                let tok = Arc::new(tokenizer_from_gguf(&engine.model().file).map_err(|e| e.to_string())?);
-                let specials = tok.specials().map_err(|e| e.to_string())?;
-                let disk = match &opts.kv_disk {
-                    None => None,
-                    Some(d) => {
-                        let mut policy = d.policy.clone();
-                        policy.user_token = Some(specials.user);
-                        policy.assistant_token = Some(specials.assistant);
-                        let store = KvStore::open(
-                            &d.dir,
-                            KvStoreOptions {
-                                budget_bytes: d.budget_mb << 20,
-                                reject_different_quant: d.reject_different_quant,
-                                max_tool_ids: opts.tool_memory_max_ids as u64,
-                                policy: policy.clone(),
-                                ..KvStoreOptions::default()
-                            },
-                        )
-                        .map_err(|e| format!("--kv-disk-dir {}: {e}", d.dir.display()))?;
-                        log(&format!(
-                            "KV disk cache {} (budget={} MiB, cross-quant={}, min={}, cold_max={}, continued={}, trim={}, align={})",
-                            d.dir.display(),
-                            d.budget_mb,
-                            if d.reject_different_quant { "reject" } else { "accept" },
-                            policy.min_tokens,
-                            policy.cold_max_tokens,
-                            policy.continued_interval_tokens,
-                            policy.boundary_trim_tokens,
-                            policy.boundary_align_tokens,
-                        ));
-                        let t = Arc::clone(&tok);
-                        Some(DiskCache {
-                            store,
-                            text_of: Box::new(move |ids: &[u32]| t.decode_lossy(ids)),
-                        })
-                    }
-                };
-                let pool = SessionPool::new(
-                    PoolOptions {
-                        memory_budget: usize::MAX,
-                        max_sessions: opts.live_sessions.max(1),
-                    },
-                    disk,
-                );
-                let trace = match &opts.trace {
-                    None => None,
-                    Some(p) => Some(
-                        Trace::create(p).map_err(|e| format!("--trace {}: {e}", p.display()))?,
-                    ),
-                };
-                Ok((engine, pool, tok, specials, trace))
-            };
-            match setup() {
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    0
-                }
-                Ok((engine, pool, tok, specials, trace)) => {
-                    let ctx = engine.options().ctx;
-                    if ready_tx.send(Ok((tok, ctx, specials))).is_err() {
-                        return 0;
-                    }
-                    match shared_rx.recv() {
-                        Ok(shared) => Worker::new(engine, pool, shared, trace).run(jobs),
-                        Err(_) => 0,
-                    }
-                }
-            }
-        });
-    let handle = match handle {
-        Ok(h) => h,
-        Err(e) => {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let _ = tx.send(Err(format!("cannot start the worker thread: {e}")));
-            return (rx, shared_tx, std::thread::spawn(|| 0));
-        }
+/// What the worker thread builds before it serves.
+struct Parts<B: Backend> {
+    engine: Engine<B>,
+    pool: SessionPool<B>,
+    tok: Arc<Tokenizer>,
+    specials: SpecialIds,
+    trace: Option<Trace>,
+}
+
+fn disk_cache(
+    d: &KvDiskOptions,
+    opts: &ServerOptions,
+    tok: &Arc<Tokenizer>,
+    specials: &SpecialIds,
+) -> Result<DiskCache, String> {
+    let mut policy = d.policy.clone();
+    policy.user_token = Some(specials.user);
+    policy.assistant_token = Some(specials.assistant);
+    let store = KvStore::open(
+        &d.dir,
+        KvStoreOptions {
+            budget_bytes: d.budget_mb << 20,
+            reject_different_quant: d.reject_different_quant,
+            max_tool_ids: opts.tool_memory_max_ids as u64,
+            policy: policy.clone(),
+            ..KvStoreOptions::default()
+        },
+    )
+    .map_err(|e| format!("--kv-disk-dir {}: {e}", d.dir.display()))?;
+    log(&format!(
+        "KV disk cache {} (budget={} MiB, cross-quant={}, min={}, cold_max={}, continued={}, trim={}, align={})",
+        d.dir.display(),
+        d.budget_mb,
+        if d.reject_different_quant { "reject" } else { "accept" },
+        policy.min_tokens,
+        policy.cold_max_tokens,
+        policy.continued_interval_tokens,
+        policy.boundary_trim_tokens,
+        policy.boundary_align_tokens,
+    ));
+    let t = Arc::clone(tok);
+    Ok(DiskCache {
+        store,
+        text_of: Box::new(move |ids: &[u32]| t.decode_lossy(ids)),
+    })
+}
+
+fn build_parts<B: Backend>(
+    opts: &ServerOptions,
+    make: impl FnOnce() -> Result<Engine<B>, String>,
+) -> Result<Parts<B>, String> {
+    let engine = make()?;
+    let tok = Arc::new(tokenizer_from_gguf(&engine.model().file).map_err(|e| e.to_string())?);
+    let specials = tok.specials().map_err(|e| e.to_string())?;
+    let disk = match &opts.kv_disk {
+        None => None,
+        Some(d) => Some(disk_cache(d, opts, &tok, &specials)?),
     };
-    (ready_rx, shared_tx, handle)
+    let pool = SessionPool::new(
+        PoolOptions {
+            memory_budget: usize::MAX,
+            max_sessions: opts.live_sessions.max(1),
+        },
+        disk,
+    );
+    let trace = match &opts.trace {
+        None => None,
+        Some(p) => Some(Trace::create(p).map_err(|e| format!("--trace {}: {e}", p.display()))?),
+    };
+    Ok(Parts {
+        engine,
+        pool,
+        tok,
+        specials,
+        trace,
+    })
+}
+
+/// The worker thread: builds the engine, reports ready, waits for the
+/// shared state, runs jobs. Returns the shutdown checkpoints written.
+fn worker_main<B: Backend>(
+    opts: ServerOptions,
+    make: impl FnOnce() -> Result<Engine<B>, String>,
+    jobs: std::sync::mpsc::Receiver<job::Job>,
+    ready: std::sync::mpsc::Sender<Ready>,
+    shared: std::sync::mpsc::Receiver<Arc<Shared>>,
+) -> usize {
+    match build_parts(&opts, make) {
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            0
+        }
+        Ok(p) => {
+            let ctx = p.engine.options().ctx;
+            if ready.send(Ok((p.tok, ctx, p.specials))).is_err() {
+                return 0;
+            }
+            match shared.recv() {
+                Ok(shared) => Worker::new(p.engine, p.pool, shared, p.trace).run(jobs),
+                Err(_) => 0,
+            }
+        }
+    }
 }
 
 /// Builds the engine on the worker thread (`make`), binds, and serves in
@@ -211,8 +216,13 @@ where
         .map_err(|source| ServerError::Bind { addr, source })?;
     let addr = listener.local_addr()?;
     let (job_tx, job_rx) = sync_channel(opts.queue_capacity.max(1));
-    let (ready, shared_tx, worker) = start_worker(opts.clone(), make, job_rx);
-    let ready = tokio::task::spawn_blocking(move || ready.recv())
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
+    let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+    let worker_opts = opts.clone();
+    let worker = std::thread::Builder::new()
+        .name("ds4-worker".into())
+        .spawn(move || worker_main(worker_opts, make, job_rx, ready_tx, shared_rx))?;
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
         .await
         .map_err(|e| ServerError::Startup(e.to_string()))?
         .map_err(|_| ServerError::Startup("the worker thread exited during startup".into()))?;

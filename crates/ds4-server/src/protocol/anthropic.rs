@@ -173,11 +173,11 @@ pub fn parse(v: &PyValue, ctx: usize, raw: Option<String>) -> Result<ChatInput, 
         .iter()
         .filter_map(|t| function_tool(t, None))
         .collect();
-    let tools_enabled = !f
+    let tools_enabled = f
         .get("tool_choice")
         .and_then(|t| t.get("type"))
         .and_then(PyValue::as_str)
-        .is_some_and(|t| t == "none");
+        .is_none_or(|t| t != "none");
     let mut effort = parse_effort(&f, "reasoning_effort")?;
     if let Some(oc) = f.object("output_config")? {
         if let Some(e) = parse_effort(&Fields::new(oc, "output_config"), "effort")? {
