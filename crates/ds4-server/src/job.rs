@@ -320,6 +320,7 @@ pub enum Event {
 }
 
 /// A chat-kind request after protocol parsing.
+#[derive(Debug)]
 pub struct ChatInput {
     pub kind: Kind,
     pub model: String,

@@ -315,3 +315,8 @@ where
         Ok(report)
     })
 }
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;

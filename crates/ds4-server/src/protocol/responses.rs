@@ -31,6 +31,7 @@ pub struct Namespaced {
     pub name: String,
 }
 
+#[derive(Debug)]
 pub struct ResponsesRequest {
     pub input: ChatInput,
     /// `reasoning.summary` asked for reasoning output.
