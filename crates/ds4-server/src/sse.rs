@@ -18,12 +18,32 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::error::ApiError;
 use crate::job::{Cancel, Event};
 
-/// Raises the cancel flag when dropped (the client went away).
-pub struct CancelGuard(pub Arc<Cancel>);
+/// Raises the cancel flag when dropped before the job finished (the client
+/// went away).
+pub struct CancelGuard {
+    cancel: Arc<Cancel>,
+    armed: bool,
+}
+
+impl CancelGuard {
+    pub fn new(cancel: Arc<Cancel>) -> Self {
+        Self {
+            cancel,
+            armed: true,
+        }
+    }
+
+    /// The job finished: dropping no longer cancels.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        self.0.raise();
+        if self.armed {
+            self.cancel.raise();
+        }
     }
 }
 
@@ -55,7 +75,7 @@ struct State<F> {
     fmt: F,
     done: bool,
     keepalive: Duration,
-    _guard: CancelGuard,
+    guard: CancelGuard,
 }
 
 fn is_final(ev: &Event) -> bool {
@@ -74,7 +94,7 @@ pub fn response<F: StreamFormat>(
         fmt,
         done: false,
         keepalive,
-        _guard: CancelGuard(cancel),
+        guard: CancelGuard::new(cancel),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -108,6 +128,9 @@ pub fn response<F: StreamFormat>(
                             Err(_) => break,
                         }
                     }
+                    if st.done {
+                        st.guard.disarm();
+                    }
                     if out.is_empty() && !st.done {
                         continue;
                     }
@@ -125,4 +148,72 @@ pub fn response<F: StreamFormat>(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{FinishReason, TurnResult, Usage};
+    use crate::protocol::chat::ChatStream;
+    use crate::protocol::Meta;
+    use futures_util::StreamExt;
+
+    fn done() -> Event {
+        Event::Done(Box::new(TurnResult {
+            finish: FinishReason::Stop,
+            error: None,
+            recovered: false,
+            reasoning: None,
+            thinking_closed: false,
+            content: String::new(),
+            calls: Vec::new(),
+            streamed_calls: 0,
+            closed_calls: 0,
+            usage: Usage::default(),
+            text: String::new(),
+            raw_dsml: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn keepalive_comments_until_the_first_event_and_cancel_on_drop() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = Cancel::new();
+        let meta = Meta::new("chatcmpl-1".into(), "m");
+        let r = response(
+            rx,
+            ChatStream::new(meta, false),
+            Arc::clone(&cancel),
+            Duration::from_millis(20),
+        );
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        let mut body = r.into_body().into_data_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b": prefill\n\n");
+        tx.send(Event::Started(Usage::default())).unwrap();
+        tx.send(done()).unwrap();
+        let mut rest = Vec::new();
+        while let Some(chunk) = body.next().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        let rest = String::from_utf8(rest).unwrap();
+        assert!(rest.contains("\"role\":\"assistant\""), "{rest}");
+        assert!(rest.ends_with("data: [DONE]\n\n"), "{rest}");
+        drop(body);
+        assert!(!cancel.is_raised(), "a finished stream does not cancel");
+        let (_tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let cancel = Cancel::new();
+        let r = response(
+            rx,
+            ChatStream::new(Meta::new("x".into(), "m"), false),
+            Arc::clone(&cancel),
+            Duration::from_secs(5),
+        );
+        drop(r);
+        assert!(
+            cancel.is_raised(),
+            "dropping an unfinished body cancels the job"
+        );
+    }
 }

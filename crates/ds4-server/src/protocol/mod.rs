@@ -204,8 +204,10 @@ where
             shared.opts.keepalive,
         );
     }
-    let _guard = CancelGuard(cancel);
-    match wait_done(rx).await {
+    let mut guard = CancelGuard::new(cancel);
+    let done = wait_done(rx).await;
+    guard.disarm();
+    match done {
         Ok(result) => json_response(StatusCode::OK, &make_body(&meta, &result)),
         Err(e) => e.response(proto),
     }
