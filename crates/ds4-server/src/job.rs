@@ -302,6 +302,8 @@ pub struct TurnResult {
     pub text: String,
     /// The exact tool-call block as generated (for replay by id).
     pub raw_dsml: Option<String>,
+    /// A stop sequence ended the turn.
+    pub stop_sequence: bool,
 }
 
 /// Worker → handler.

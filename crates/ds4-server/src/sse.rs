@@ -172,6 +172,7 @@ mod tests {
             usage: Usage::default(),
             text: String::new(),
             raw_dsml: None,
+            stop_sequence: false,
         }))
     }
 

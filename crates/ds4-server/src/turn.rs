@@ -196,6 +196,7 @@ impl<'a> TurnSink<'a> {
             usage,
             text: text.clone(),
             raw_dsml: None,
+            stop_sequence: self.reason == Some(SinkStop::StopSequence),
         };
         let Some(projector) = self.projector.take() else {
             result.error = error;

@@ -27,7 +27,7 @@ use ds4_text::tokenizer::{EOS, THINK_END, THINK_START};
 use ds4_text::{EncodeMode, Segment, Tokenizer};
 
 use crate::error::ApiError;
-use crate::job::{Event, FinishReason, Job, Kind, TurnResult, Usage};
+use crate::job::{Event, FinishReason, Job, Kind, Think, TurnResult, Usage};
 use crate::state::{send, LastJob, Shared};
 use crate::trace::Trace;
 use crate::turn::{SinkStop, TurnOptions, TurnSink};
@@ -427,16 +427,7 @@ impl<B: Backend> Worker<B> {
         self.bindings
             .retain(|b| b.session != sid && live.contains(&b.session));
         // §6.2 "Thinking": remember only a clean thinking turn without tools.
-        let remember = job.kind != Kind::Completion
-            && job.think.on()
-            && !job.tools
-            && !job.tool_context
-            && result.finish == FinishReason::Stop
-            && result.error.is_none()
-            && result.thinking_closed
-            && result.calls.is_empty()
-            && !result.text.is_empty();
-        if remember {
+        if remember_thinking(job.kind, job.think, job.tools, job.tool_context, result) {
             if let Some(visible) = thinking_visible(job.prompt.text(), &result.content) {
                 self.bindings.push(Binding {
                     session: sid,
@@ -446,6 +437,29 @@ impl<B: Backend> Worker<B> {
             }
         }
     }
+}
+
+/// The gate of the thinking-visible binding (§6.2, §9 item 75): a chat-kind
+/// thinking turn without tools or tool history that closed `</think>` and
+/// ended normally (end of sentence: a stop-sequence hit leaves text in the
+/// KV that the next prompt does not have).
+pub fn remember_thinking(
+    kind: Kind,
+    think: Think,
+    tools: bool,
+    tool_context: bool,
+    r: &TurnResult,
+) -> bool {
+    kind != Kind::Completion
+        && think.on()
+        && !tools
+        && !tool_context
+        && r.finish == FinishReason::Stop
+        && !r.stop_sequence
+        && r.error.is_none()
+        && r.thinking_closed
+        && r.calls.is_empty()
+        && !r.text.is_empty()
 }
 
 /// `prompt − trailing "<think>" + "</think>" + content + EOS`: what the next

@@ -397,3 +397,88 @@ async fn bad_requests_answer_in_protocol_shape() {
     let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
     assert!(String::from_utf8_lossy(&b).contains("'top_k'"));
 }
+
+fn render_job(
+    think: Think,
+    ctx: usize,
+    messages: Vec<Message>,
+    tools: Vec<ds4_text::pyjson::PyValue>,
+) -> String {
+    let (sh, _q) = shared(ServerOptions::default(), ctx);
+    let mut i = input(messages, tools);
+    i.think = think;
+    job_prompt(&sh, i).unwrap()
+}
+
+#[test]
+fn render_think_modes() {
+    // §9 items 4, 5 (official layout: system text first).
+    let msgs = vec![Message::system("You are terse."), Message::user("Hello")];
+    let max = render_job(Think::Max, 400_000, msgs.clone(), vec![]);
+    assert!(max.starts_with("<｜begin▁of▁sentence｜>Reasoning Effort: Absolute maximum"));
+    assert!(max.ends_with("You are terse.<｜User｜>Hello<｜Assistant｜><think>"));
+    assert!(!max.contains("</think>"));
+    let none = render_job(Think::None, 32768, msgs, vec![]);
+    assert!(!none.contains("Reasoning Effort"));
+    assert!(none.ends_with("<｜User｜>Hello<｜Assistant｜></think>"));
+}
+
+#[test]
+fn render_reasoning_with_and_without_tools() {
+    // §9 items 6, 7, 65.
+    let mut a = Message::assistant("first answer");
+    a.reasoning_content = Some("old reasoning".into());
+    let plain = render_job(
+        Think::High,
+        32768,
+        vec![Message::user("q"), a.clone(), Message::user("second")],
+        vec![],
+    );
+    assert!(!plain.contains("old reasoning"));
+    assert!(plain.contains("<｜Assistant｜></think>first answer"));
+    assert!(plain.ends_with("<｜User｜>second<｜Assistant｜><think>"));
+    let tool = ds4_text::pyjson::PyValue::parse(
+        r#"{"type":"function","function":{"name":"bash","parameters":{"type":"object"}}}"#,
+    )
+    .unwrap();
+    let mut call = Message::assistant("");
+    call.reasoning_content = Some("I should run bash".into());
+    call.tool_calls = vec![ds4_text::chat::ToolCall {
+        id: Some("call_1".into()),
+        name: "bash".into(),
+        arguments: r#"{"command":"pwd"}"#.into(),
+    }];
+    let with_tools = render_job(
+        Think::High,
+        32768,
+        vec![
+            Message::user("where?"),
+            call,
+            Message::tool("call_1", "/tmp"),
+        ],
+        vec![tool],
+    );
+    assert!(with_tools.contains("I should run bash</think>"));
+    assert!(with_tools.contains("<tool_result>/tmp</tool_result>"));
+}
+
+#[tokio::test]
+async fn cors_sse_headers() {
+    // §9 item 24: a streaming response carries the SSE and CORS headers.
+    let (sh, _q) = shared(
+        ServerOptions {
+            cors: true,
+            ..ServerOptions::default()
+        },
+        4096,
+    );
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from(
+            r#"{"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        ))
+        .unwrap();
+    let r = call(crate::http::router(sh), req).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+}

@@ -177,3 +177,125 @@ fn inactive_tools_leave_dsml_as_text() {
     assert_eq!(r.finish, FinishReason::Stop);
     assert!(r.content.contains("DSML"));
 }
+
+#[test]
+fn parse_short_dsml_syntax() {
+    // §9 item 39: `<DSML｜…>` drift parses; reasoning and empty content.
+    let text = "need a tool</think>\n\n<DSML｜tool_calls>\n<DSML｜invoke name=\"bash\">\n<DSML｜parameter name=\"description\" string=\"true\">list</DSML｜parameter>\n<DSML｜parameter name=\"command\" string=\"true\">ls</DSML｜parameter>\n</DSML｜invoke>\n</DSML｜tool_calls>";
+    let (_, r) = run_turn(&Turn {
+        thinking: true,
+        tools: true,
+        ..Turn::new(text)
+    });
+    assert_eq!(r.reasoning.as_deref(), Some("need a tool"));
+    assert_eq!(r.content, "");
+    assert_eq!(r.finish, FinishReason::ToolCalls);
+    assert_eq!(
+        r.calls[0].arguments,
+        r#"{"description":"list","command":"ls"}"#
+    );
+}
+
+#[test]
+fn dsml_parser_recovers_loose_nested_parameters() {
+    // §9 item 40.
+    let text = "review done\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"edit\">\n<｜DSML｜parameter name=\"path\" string=\"true\">/private/tmp/tetris.c</｜DSML｜parameter>\n<｜DSML｜parameter name=\"edits\">\n<｜DSML｜parameter name=\"oldText\" string=\"true\">old &lt;text></｜DSML｜parameter>\n<｜DSML｜parameter name=\"newText\" string=\"true\">new text</｜DSML｜parameter>\n</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    let (_, r) = run_turn(&Turn {
+        tools: true,
+        ..Turn::new(text)
+    });
+    assert_eq!(r.content, "review done");
+    assert_eq!(
+        r.calls[0].arguments,
+        r#"{"path":"/private/tmp/tetris.c","edits":{"oldText":"old <text>","newText":"new text"}}"#
+    );
+}
+
+#[test]
+fn thinking_checkpoint_remember_gate() {
+    // §9 item 75.
+    use crate::job::{Kind, Think};
+    use crate::worker::remember_thinking;
+    let (_, ok) = run_turn(&Turn {
+        thinking: true,
+        ..Turn::new("plan</think>answer")
+    });
+    assert!(remember_thinking(
+        Kind::Chat,
+        Think::High,
+        false,
+        false,
+        &ok
+    ));
+    assert!(remember_thinking(
+        Kind::Anthropic,
+        Think::Max,
+        false,
+        false,
+        &ok
+    ));
+    assert!(!remember_thinking(
+        Kind::Completion,
+        Think::High,
+        false,
+        false,
+        &ok
+    ));
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::None,
+        false,
+        false,
+        &ok
+    ));
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::High,
+        true,
+        false,
+        &ok
+    ));
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::High,
+        false,
+        true,
+        &ok
+    ));
+    let (_, open) = run_turn(&Turn {
+        thinking: true,
+        ..Turn::new("still planning")
+    });
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::High,
+        false,
+        false,
+        &open
+    ));
+    let (_, length) = run_turn(&Turn {
+        thinking: true,
+        eos: false,
+        ..Turn::new("plan</think>answer")
+    });
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::High,
+        false,
+        false,
+        &length
+    ));
+    let (_, stopped) = run_turn(&Turn {
+        thinking: true,
+        stops: vec!["ans".into()],
+        ..Turn::new("plan</think>answer")
+    });
+    assert!(stopped.stop_sequence);
+    assert!(!remember_thinking(
+        Kind::Chat,
+        Think::High,
+        false,
+        false,
+        &stopped
+    ));
+}
