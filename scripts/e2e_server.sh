@@ -28,9 +28,10 @@ fi
 "$VENV/bin/python" -c 'import openai, anthropic; print("openai", openai.__version__, "anthropic", anthropic.__version__)'
 
 echo "== e2e: cargo build -p ds4-cli --features test-script (target dir $TARGET)"
-# Dev profile (the feature needs debug assertions), optimized like release.
+# Dev profile: the feature needs debug assertions (the workspace's dev
+# profile already optimizes dependencies).
 CARGO_TARGET_DIR=$TARGET cargo build --quiet -p ds4-cli --features test-script \
-    --config 'profile.dev.opt-level=3' --config 'profile.dev.debug=0'
+    --config 'profile.dev.debug=0'
 BIN=$TARGET/debug/ds4
 
 MODEL=$TARGET/tiny.gguf

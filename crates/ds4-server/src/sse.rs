@@ -75,6 +75,9 @@ struct State<F> {
     fmt: F,
     done: bool,
     keepalive: Duration,
+    /// When the last bytes went out: a comment is due `keepalive` later,
+    /// whatever silent events (prefill progress) arrived meanwhile.
+    last_write: tokio::time::Instant,
     guard: CancelGuard,
 }
 
@@ -94,6 +97,7 @@ pub fn response<F: StreamFormat>(
         fmt,
         done: false,
         keepalive,
+        last_write: tokio::time::Instant::now(),
         guard: CancelGuard::new(cancel),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -102,12 +106,14 @@ pub fn response<F: StreamFormat>(
         }
         loop {
             let mut out = String::new();
-            match tokio::time::timeout(st.keepalive, st.rx.recv()).await {
+            let due = st.last_write + st.keepalive;
+            match tokio::time::timeout_at(due, st.rx.recv()).await {
                 Err(_) => {
+                    st.last_write = tokio::time::Instant::now();
                     return Some((
                         Ok::<Bytes, std::io::Error>(Bytes::from_static(b": prefill\n\n")),
                         st,
-                    ))
+                    ));
                 }
                 Ok(None) => {
                     st.done = true;
@@ -134,6 +140,7 @@ pub fn response<F: StreamFormat>(
                     if out.is_empty() && !st.done {
                         continue;
                     }
+                    st.last_write = tokio::time::Instant::now();
                     return Some((Ok(Bytes::from(out)), st));
                 }
             }
@@ -190,8 +197,16 @@ mod tests {
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         assert_eq!(r.headers()["cache-control"], "no-cache");
         let mut body = r.into_body().into_data_stream();
+        // Prefill progress alone writes nothing, and does not delay the comment.
+        tx.send(Event::Progress { done: 1, total: 9 }).unwrap();
         let first = body.next().await.unwrap().unwrap();
         assert_eq!(&first[..], b": prefill\n\n");
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            tx.send(Event::Progress { done: 2, total: 9 }).unwrap();
+        }
+        let second = body.next().await.unwrap().unwrap();
+        assert_eq!(&second[..], b": prefill\n\n");
         tx.send(Event::Started(Usage::default())).unwrap();
         tx.send(done()).unwrap();
         let mut rest = Vec::new();

@@ -135,7 +135,16 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             stats.busy.store(true, Ordering::Relaxed);
-            self.run_job(job);
+            // A bug must not take the server down: the job's event sender
+            // is dropped with it, so its client gets an error, and the
+            // worker goes on with the next job.
+            let seq = job.seq;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_job(job)));
+            if run.is_err() {
+                log(&format!(
+                    "request {seq}: internal error (panic); the worker goes on"
+                ));
+            }
             stats.busy.store(false, Ordering::Relaxed);
         }
         match self.pool.shutdown(&self.engine) {
@@ -212,7 +221,8 @@ impl<B: Backend> Worker<B> {
         if let Some(disk) = self.pool.disk() {
             let ctx = self.engine.options().ctx as u32;
             if let Some(entry) = disk.store.lookup(text, ctx, self.engine.quant_bits()) {
-                if entry.header.tokens as usize > best_len {
+                let boundary = text.is_char_boundary(entry.text_bytes as usize);
+                if boundary && entry.header.tokens as usize > best_len {
                     if let Some(mut tokens) = checkpoint_tokens(&entry) {
                         tokens.extend(tokenize_suffix(tok, &job.prompt, entry.text_bytes as usize));
                         best = Plan {

@@ -214,7 +214,7 @@ pub fn parse(v: &PyValue, ctx: usize, raw: Option<String>) -> Result<ChatInput, 
 
 fn usage_json(u: &Usage, output: usize) -> PyValue {
     obj! {
-        "input_tokens" => u.prompt - u.cached - u.write(),
+        "input_tokens" => u.prompt.saturating_sub(u.cached + u.write()),
         "output_tokens" => output,
         "cache_read_input_tokens" => u.cached,
         "cache_creation_input_tokens" => u.write(),
