@@ -89,8 +89,10 @@ def test_disconnect_frees_the_worker(server, oai):
     last = s["last"]
     assert last["finish"] == "error"
     # From the client's close being seen to the worker stopping: at most one token.
-    assert last["cancel_latency_ms"] is not None and last["cancel_latency_ms"] < 150, last
-    assert last["generated_tokens"] <= received + 8, (last, received)
+    print("disconnect:", last, "received", received, "freed after", freed_after)
+    assert last["cancel_latency_ms"] is not None and last["cancel_latency_ms"] < 100, last
+    # Within one token: at most one token more than the client had received.
+    assert last["generated_tokens"] <= received + 1, (last, received)
     # The worker is free: the next request is served at once.
     t0 = time.time()
     r = oai.chat.completions.create(model="deepseek-chat", messages=[{"role": "user", "content": "SCRIPT:hello"}])
