@@ -168,3 +168,60 @@ pub fn run(a: ServeArgs, default_model: &Path) -> Result<ExitCode> {
     ds4_server::run(opts, make)?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.a)
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let o = options(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.default_max_tokens),
+            ("127.0.0.1", 8000, 393_216)
+        );
+        assert!(o.kv_disk.is_none() && o.api_key.is_none() && !o.cors);
+        let a = parse(&[
+            "--kv-disk-dir",
+            "/tmp/x",
+            "--kv-cache-min-tokens",
+            "100",
+            "--kv-cache-cold-max-tokens",
+            "50",
+        ])
+        .unwrap();
+        assert!(options(&a).is_err());
+        let a = parse(&["--kv-disk-dir", "/tmp/x", "--kv-cache-cold-max-tokens", "0"]).unwrap();
+        let d = options(&a).unwrap().kv_disk.unwrap();
+        assert_eq!(
+            (d.budget_mb, d.policy.min_tokens, d.policy.cold_max_tokens),
+            (4096, 512, 0)
+        );
+        for bad in [
+            &["--port", "0"][..],
+            &["--ctx", "0"],
+            &["--tokens", "-1"],
+            &["--tool-memory-max-ids", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[cfg(not(feature = "test-script"))]
+    #[test]
+    fn test_script_flag_does_not_exist_in_a_normal_build() {
+        let e = parse(&["--test-script", "x.json"]).err().expect("rejected");
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+}
