@@ -71,3 +71,42 @@ def test_restart_resumes_from_disk(make_server, tmp_path):
     assert stats["disk_hits"] == 1 and stats["last"]["source"] == "disk-text"
     assert stats["last"]["prefilled_tokens"] == r2.usage.prompt_tokens - cached
     assert b.stop() == 0
+
+
+def test_tool_turn_without_echoed_reasoning_reuses_the_kv(server, oai):
+    from conftest import BASH_TOOL
+
+    server.wait_idle()
+    msgs = [{"role": "user", "content": "SCRIPT:tool-think cache"}]
+    r1 = oai.chat.completions.create(model="deepseek-v4-flash", messages=msgs, tools=[BASH_TOOL])
+    call = r1.choices[0].message.tool_calls[0]
+    # The client drops reasoning_content and re-serializes the arguments.
+    msgs = msgs + [
+        {"role": "assistant", "content": r1.choices[0].message.content,
+         "tool_calls": [{"id": call.id, "type": "function",
+                         "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "x y z SCRIPT:after-tool"},
+    ]
+    r2 = oai.chat.completions.create(model="deepseek-v4-flash", messages=msgs, tools=[BASH_TOOL])
+    assert r2.choices[0].message.content == "The directory has 3 files."
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert cached == r1.usage.prompt_tokens + r1.usage.completion_tokens, (cached, r1.usage, r2.usage)
+    assert server.stats()["last"]["source"] == "tools-visible"
+
+
+def test_responses_tool_turn_reuses_the_kv(server, oai):
+    from test_responses import FLAT_BASH
+
+    server.wait_idle()
+    r1 = oai.responses.create(model="deepseek-v4-flash", input="SCRIPT:tool-think responses cache", tools=[FLAT_BASH])
+    fc = r1.output[-1]
+    items = [
+        {"type": "message", "role": "user", "content": "SCRIPT:tool-think responses cache"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": r1.output[0].content[0].text}]},
+        {"type": "function_call", "call_id": fc.call_id, "name": fc.name, "arguments": fc.arguments},
+        {"type": "function_call_output", "call_id": fc.call_id, "output": "a b SCRIPT:after-tool"},
+    ]
+    r2 = oai.responses.create(model="deepseek-v4-flash", input=items, tools=[FLAT_BASH])
+    assert r2.output_text == "The directory has 3 files."
+    cached = r2.usage.input_tokens_details.cached_tokens
+    assert cached == r1.usage.input_tokens + r1.usage.output_tokens, (cached, r1.usage, r2.usage)

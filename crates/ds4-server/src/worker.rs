@@ -38,6 +38,8 @@ struct Binding {
     session: SessionId,
     frontier: usize,
     visible: String,
+    /// `thinking-visible` or `tools-visible`.
+    source: &'static str,
 }
 
 /// Where a request's reused prefix comes from.
@@ -189,10 +191,9 @@ impl<B: Backend> Worker<B> {
                 .bindings
                 .iter()
                 .find(|b| b.session == id && b.frontier == live.len())
-                .map(|b| b.visible.as_str())
-                .filter(|v| text.len() > v.len() && text.starts_with(v));
+                .filter(|b| text.len() > b.visible.len() && text.starts_with(&b.visible));
             let (from, source) = match visible {
-                Some(v) => (Some(v.len()), "thinking-visible"),
+                Some(b) => (Some(b.visible.len()), b.source),
                 None => {
                     let live_text = tok.decode(live);
                     let ok = live_text.len() < text.len()
@@ -437,14 +438,26 @@ impl<B: Backend> Worker<B> {
         self.bindings
             .retain(|b| b.session != sid && live.contains(&b.session));
         // §6.2 "Thinking": remember only a clean thinking turn without tools.
-        if remember_thinking(job.kind, job.think, job.tools, job.tool_context, result) {
-            if let Some(visible) = thinking_visible(job.prompt.text(), &result.content) {
-                self.bindings.push(Binding {
-                    session: sid,
-                    frontier,
-                    visible,
-                });
-            }
+        let binding = if remember_thinking(job.kind, job.think, job.tools, job.tool_context, result)
+        {
+            thinking_visible(job.prompt.text(), &result.content).map(|v| (v, "thinking-visible"))
+        } else if remember_tools_turn(job.kind, job.think, job.tools, result) {
+            tools_visible(
+                job.prompt.text(),
+                &result.content,
+                result.raw_dsml.as_deref(),
+            )
+            .map(|v| (v, "tools-visible"))
+        } else {
+            None
+        };
+        if let Some((visible, source)) = binding {
+            self.bindings.push(Binding {
+                session: sid,
+                frontier,
+                visible,
+                source,
+            });
         }
     }
 }
@@ -470,6 +483,32 @@ pub fn remember_thinking(
         && r.thinking_closed
         && r.calls.is_empty()
         && !r.text.is_empty()
+}
+
+/// The gate of the tools-visible binding: a chat-kind thinking turn with
+/// active tools that closed `</think>` and ended normally (with or without
+/// tool calls).
+pub fn remember_tools_turn(kind: Kind, think: Think, tools: bool, r: &TurnResult) -> bool {
+    kind != Kind::Completion
+        && think.on()
+        && tools
+        && matches!(r.finish, FinishReason::Stop | FinishReason::ToolCalls)
+        && !r.stop_sequence
+        && r.error.is_none()
+        && r.thinking_closed
+}
+
+/// With tools the renderer keeps reasoning, so a client that does not echo
+/// it back gets this turn rendered as `prompt`, `</think>`, content, DSML
+/// (replayed by id), EOS, while the live KV holds the reasoning. A client
+/// that echoes the reasoning matches the live text directly.
+pub fn tools_visible(prompt: &str, content: &str, raw_dsml: Option<&str>) -> Option<String> {
+    prompt.ends_with(THINK_START).then(|| {
+        format!(
+            "{prompt}{THINK_END}{content}{}{EOS}",
+            raw_dsml.unwrap_or("")
+        )
+    })
 }
 
 /// `prompt − trailing "<think>" + "</think>" + content + EOS`: what the next

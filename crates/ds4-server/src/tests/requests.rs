@@ -482,3 +482,38 @@ async fn cors_sse_headers() {
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
 }
+
+#[test]
+fn tools_visible_matches_a_replay_without_reasoning() {
+    // With tools the reasoning stays in the render; a client that does not
+    // echo it renders "" there, which the tools-visible binding predicts.
+    use crate::worker::tools_visible;
+    let tool = ds4_text::pyjson::PyValue::parse(
+        r#"{"type":"function","function":{"name":"bash","parameters":{"type":"object"}}}"#,
+    )
+    .unwrap();
+    let p1 = render_job(
+        Think::High,
+        32768,
+        vec![Message::user("where?")],
+        vec![tool.clone()],
+    );
+    let block = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"bash\">\n<｜DSML｜parameter name=\"command\" string=\"true\">pwd</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    let visible = tools_visible(&p1, "Checking.", Some(block)).unwrap();
+    let (sh, _q) = shared(ServerOptions::default(), 32768);
+    sh.remember_tool_calls(&["call_9".into()], block);
+    let mut a = Message::assistant("Checking.");
+    a.tool_calls = vec![ds4_text::chat::ToolCall {
+        id: Some("call_9".into()),
+        name: "bash".into(),
+        arguments: r#"{"command": "pwd"}"#.into(),
+    }];
+    let mut i = input(
+        vec![Message::user("where?"), a, Message::tool("call_9", "/tmp")],
+        vec![tool],
+    );
+    i.think = Think::High;
+    let p2 = job_prompt(&sh, i).unwrap();
+    assert!(p2.starts_with(&visible), "{visible:?}\n{p2:?}");
+    assert!(p2.len() > visible.len());
+}
