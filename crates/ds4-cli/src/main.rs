@@ -48,6 +48,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Download a published model (q2, q4, q2-imatrix, q4-imatrix) or the MTP head
     Pull(cmd::pull::PullArgs),
+    /// HTTP API server (OpenAI chat/completions/responses, Anthropic messages)
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Kv(c)) => cmd::kv::run(c),
         Some(Command::Bench(a)) => cmd::bench::run(a),
         Some(Command::Pull(a)) => cmd::pull::run(a),
+        Some(Command::Serve(a)) => cmd::serve::run(a, &cli.chat.model.model),
         None if cli.demo => cmd::run::demo(),
         None => cmd::chat::run(cli.chat),
     };

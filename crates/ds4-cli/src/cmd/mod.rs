@@ -10,5 +10,6 @@ pub mod load;
 pub mod pull;
 pub mod repl;
 pub mod run;
+pub mod serve;
 pub mod svg;
 pub mod text;
