@@ -37,6 +37,8 @@
 //! * A `user`, `system`, `developer`, `assistant` or `latest_reminder` content given as a list of
 //!   parts is flattened like a tool result's list content. (The official encoder raises
 //!   `TypeError` or prints the Python list; OpenAI clients do send part lists.)
+//! * A `user` message with `content: null` renders as empty text (the official encoder raises
+//!   `TypeError` while joining the turn's blocks).
 //! * Tool-call `arguments` given as a JSON value instead of a string are taken as its compact JSON
 //!   text (the official encoder would render a single `arguments` parameter holding it).
 //! * `tools` attached to a `user` message have no effect at all: the official `merge_tool_messages`

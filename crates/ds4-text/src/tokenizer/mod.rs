@@ -44,9 +44,9 @@
 //! For the DeepSeek V4 vocabulary this yields exactly ids 0–2 and 128 000–129 279, the same set as
 //! `tokenizer.json`.
 
-pub mod bpe;
+mod bpe;
 pub mod bytemap;
-pub mod classes;
+mod classes;
 pub mod detok;
 pub mod pretok;
 
