@@ -72,7 +72,7 @@ def main():
     print(f"text: {len(docs)} docs, {nbytes} bytes; cpus={os.cpu_count()}; tokenizers {tokenizers.__version__}")
 
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    tok = Tokenizer.from_file(os.path.join(DATA, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(ROOT, "data", "tokenizer", "tokenizer.json"))
 
     def hf_batch():
         t = time.perf_counter()

@@ -14,7 +14,7 @@ fn tok() -> &'static Tokenizer {
     TOK.get_or_init(|| {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../crates/ds4-text/tests/data/tokenizer.json"
+            "/../data/tokenizer/tokenizer.json"
         );
         Tokenizer::from_tokenizer_json(&std::fs::read_to_string(path).expect("tokenizer.json"))
             .expect("tokenizer loads")

@@ -4,8 +4,14 @@ use std::sync::OnceLock;
 
 use ds4_text::Tokenizer;
 
+/// Fixtures live in this crate's tests/data; the tokenizer itself is the
+/// one copy the repository ships, in data/tokenizer/.
 pub fn data_path(name: &str) -> String {
-    format!("{}/tests/data/{}", env!("CARGO_MANIFEST_DIR"), name)
+    if name.starts_with("tokenizer") {
+        format!("{}/../../data/tokenizer/{}", env!("CARGO_MANIFEST_DIR"), name)
+    } else {
+        format!("{}/tests/data/{}", env!("CARGO_MANIFEST_DIR"), name)
+    }
 }
 
 pub fn read_data(name: &str) -> String {
