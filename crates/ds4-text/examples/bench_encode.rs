@@ -17,7 +17,10 @@ use ds4_text::{EncodeMode, Tokenizer};
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut docs_path = None;
-    let mut tok_path = format!("{}/../../data/tokenizer/tokenizer.json", env!("CARGO_MANIFEST_DIR"));
+    let mut tok_path = format!(
+        "{}/../../data/tokenizer/tokenizer.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut runs = 3usize;
     let mut dump = None;
     while let Some(a) = args.next() {

@@ -8,7 +8,11 @@ use ds4_text::Tokenizer;
 /// one copy the repository ships, in data/tokenizer/.
 pub fn data_path(name: &str) -> String {
     if name.starts_with("tokenizer") {
-        format!("{}/../../data/tokenizer/{}", env!("CARGO_MANIFEST_DIR"), name)
+        format!(
+            "{}/../../data/tokenizer/{}",
+            env!("CARGO_MANIFEST_DIR"),
+            name
+        )
     } else {
         format!("{}/tests/data/{}", env!("CARGO_MANIFEST_DIR"), name)
     }
