@@ -1,17 +1,5 @@
 // The attention sublayer's stateful and per-row stages (MODEL.md 3.2-3.7).
 
-// RoPE on the tails of rows [n_rows x width]; row r belongs to token
-// r / rows_per_token at position pos0 + token. One thread per rotated pair.
-extern "C" __global__ void rope_rows(float* __restrict__ x, int n_rows, int width,
-                                     int rows_per_token, const float* __restrict__ inv_freq,
-                                     int n_pairs, int pos0, int inverse) {
-    const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (k >= (i64)n_rows * n_pairs) return;
-    const int r = (int)(k / n_pairs), pair = (int)(k % n_pairs);
-    rope_pair(x + (i64)r * width, width, n_pairs, pair, inv_freq, pos0 + r / rows_per_token,
-              inverse != 0);
-}
-
 // FP8 round trip of dims [0, n_nope) of every row; one block per row.
 extern "C" __global__ void fp8_rows(float* __restrict__ x, int width, int n_nope) {
     fp8_row_block(x + (i64)blockIdx.x * width, n_nope);
@@ -281,4 +269,356 @@ extern "C" __global__ void attend(float* __restrict__ out, const float* __restri
         oh[i] = o / den;
     }
 #undef DS4_KEY
+}
+
+// ---------------------------------------------------------------------------
+// Fused per-row stages.
+
+// RMS norm of one row of `width` at `row` in place (weighted if w), as
+// rms_norm does; called by a whole block.
+__device__ void rms_row_inplace(float* row, const float* __restrict__ w, int width, float eps,
+                                double* scratch) {
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)row[i] * (double)row[i];
+    ss = block_sum_f64(ss, scratch);
+    const float inv = rms_inv(ss, width, eps);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        const float v = row[i] * inv;
+        row[i] = w ? v * w[i] : v;
+    }
+    __syncthreads();
+}
+
+// After the q_a / kv projections, per token (grid (T, 2)): y = 0 normalises
+// the q latent row (q_a_norm); y = 1 normalises the kv row (kv_norm), rotates
+// its tail and, in the official numerics, FP8-simulates dims [0, hd - rot).
+extern "C" __global__ void qkv_post(float* __restrict__ ql, const float* __restrict__ ql_norm,
+                                    int ql_width, float* __restrict__ kv,
+                                    const float* __restrict__ kv_norm, int hd,
+                                    const float* __restrict__ inv_freq, int n_pairs, int pos0,
+                                    int fp8, float eps) {
+    __shared__ double scratch[32];
+    const int t = blockIdx.x;
+    if (blockIdx.y == 0) {
+        rms_row_inplace(ql + (i64)t * ql_width, ql_norm, ql_width, eps, scratch);
+        return;
+    }
+    float* row = kv + (i64)t * hd;
+    rms_row_inplace(row, kv_norm, hd, eps, scratch);
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(row, hd, n_pairs, k, inv_freq, pos0 + t, false);
+    __syncthreads();
+    if (fp8) fp8_row_block(row, hd - 2 * n_pairs);
+}
+
+// Per-head unweighted RMS norm, then RoPE, one block per (token, head) row.
+extern "C" __global__ void head_norm_rope(float* __restrict__ q, int hd, int heads,
+                                          const float* __restrict__ inv_freq, int n_pairs,
+                                          int pos0, float eps) {
+    __shared__ double scratch[32];
+    float* row = q + (i64)blockIdx.x * hd;
+    rms_row_inplace(row, nullptr, hd, eps, scratch);
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(row, hd, n_pairs, k, inv_freq, pos0 + blockIdx.x / heads, false);
+}
+
+// The indexer queries, one warp per (token, head) row of 128: RoPE on the
+// tail, then (official numerics) Hadamard + FP4.
+extern "C" __global__ void index_q_prep(float* __restrict__ q, int n_rows, int heads,
+                                        const float* __restrict__ inv_freq, int n_pairs,
+                                        int pos0, int hadamard) {
+    const int r = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
+    const int lane = threadIdx.x % DS4_WARP;
+    if (r >= n_rows) return;
+    float* row = q + (i64)r * 128;
+    for (int k = lane; k < n_pairs; k += DS4_WARP)
+        rope_pair(row, 128, n_pairs, k, inv_freq, pos0 + r / heads, false);
+    __syncwarp();
+    if (hadamard) hadamard128_warp(row, true);
+}
+
+// out = in with the inverse RoPE of each row's tail (the attention output
+// before the output projection); one block per (token, head) row.
+extern "C" __global__ void rope_copy(float* __restrict__ out, const float* __restrict__ in, int hd,
+                                     int heads, const float* __restrict__ inv_freq, int n_pairs,
+                                     int pos0) {
+    const i64 base = (i64)blockIdx.x * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[base + i] = in[base + i];
+    __syncthreads();
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(out + base, hd, n_pairs, k, inv_freq, pos0 + blockIdx.x / heads, true);
+}
+
+// ---------------------------------------------------------------------------
+// Compressor over a batch in parallel (MODEL.md 3.10 item 3): one block per
+// emitted row, then one pass that leaves the state exactly as the
+// sequential compress_step would. The pooled row's arithmetic is the same
+// as compress_step's, candidate by candidate, so rows are bit-identical.
+
+// Candidate i (position q = p - count + 1 + i) of window end p, column col:
+// from the batch if q >= pos0, else from the state at the batch start.
+__device__ __forceinline__ void compress_cand(const float* __restrict__ state_kv,
+                                              const float* __restrict__ state_sc,
+                                              const float* __restrict__ a,
+                                              const float* __restrict__ sc,
+                                              const u8* __restrict__ ape, int q, int col,
+                                              int pos0, int ratio, int width, int overlap,
+                                              float& kv, float& s) {
+    if (q >= pos0) {
+        const i64 at = (i64)(q - pos0) * width + col;
+        kv = a[at];
+        s = sc[at] + load_f16(ape + 2 * ((i64)(q % ratio) * width + col));
+        return;
+    }
+    const int w0 = pos0 / ratio * ratio;  // start of the window open at pos0
+    const int phase = ((q % ratio) + ratio) % ratio;
+    const int slot = (overlap && q >= w0) ? ratio + phase : phase;
+    kv = state_kv[(i64)slot * width + col];
+    s = state_sc[(i64)slot * width + col];
+}
+
+extern "C" __global__ void compress_emit(
+    const float* __restrict__ state_kv, const float* __restrict__ state_sc,
+    float* __restrict__ rows, int n_rows0, const float* __restrict__ a,
+    const float* __restrict__ sc, const u8* __restrict__ ape, const float* __restrict__ norm,
+    const float* __restrict__ inv_freq, int n_pairs, int pos0, int first_p, int ratio, int dim,
+    int width, int overlap, int kind, int official, float eps) {
+    extern __shared__ float row[];  // dim floats
+    __shared__ double scratch[32];
+    const int k = blockIdx.x;
+    const int p = first_p + k * ratio;
+    const int count = overlap ? 2 * ratio : ratio;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float mx = -DS4_INF;
+        for (int i = 0; i < count; i++) {
+            float kv, s;
+            compress_cand(state_kv, state_sc, a, sc, ape, p - count + 1 + i,
+                          (overlap && i >= ratio) ? dim + j : j, pos0, ratio, width, overlap, kv,
+                          s);
+            mx = fmaxf(mx, s);
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int i = 0; i < count; i++) {
+            float kv, s;
+            compress_cand(state_kv, state_sc, a, sc, ape, p - count + 1 + i,
+                          (overlap && i >= ratio) ? dim + j : j, pos0, ratio, width, overlap, kv,
+                          s);
+            const float e = expf(s - mx);
+            num += e * kv;
+            den += e;
+        }
+        row[j] = den > 0.0f ? num / den : 0.0f;
+    }
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)row[j] * (double)row[j];
+    ss = block_sum_f64(ss, scratch);
+    const float inv = rms_inv(ss, dim, eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) row[j] = row[j] * inv * norm[j];
+    __syncthreads();
+    for (int q = threadIdx.x; q < n_pairs; q += blockDim.x)
+        rope_pair(row, dim, n_pairs, q, inv_freq, p + 1 - ratio, false);
+    __syncthreads();
+    if (official) {
+        if (kind == 0) {
+            fp8_row_block(row, dim - 2 * n_pairs);
+        } else if (threadIdx.x < DS4_WARP) {
+            hadamard128_warp(row, true);
+        }
+        __syncthreads();
+    }
+    float* dst = rows + (i64)(n_rows0 + k) * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = official ? f16_round(row[j]) : row[j];
+}
+
+// The state after the batch: each slot holds the last position written to
+// it; with overlap, the previous-window rows hold a copy of the window that
+// completed last. One thread per (phase, column) owns every slot of that
+// phase, so it reads the old values before writing new ones.
+extern "C" __global__ void compress_state(float* __restrict__ state_kv,
+                                          float* __restrict__ state_sc,
+                                          const float* __restrict__ a,
+                                          const float* __restrict__ sc,
+                                          const u8* __restrict__ ape, int pos0, int n_tokens,
+                                          int ratio, int width, int overlap, int last_emit) {
+    const i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (e >= (i64)ratio * width) return;
+    const int i = (int)(e / width), col = (int)(e % width);
+    const int p_last = pos0 + n_tokens - 1;
+    // The last position <= p_last of phase i.
+    const int q = p_last - (((p_last - i) % ratio) + ratio) % ratio;
+    const int cur = overlap ? ratio + i : i;
+    const float old_kv = state_kv[(i64)cur * width + col];
+    const float old_sc = state_sc[(i64)cur * width + col];
+    if (overlap && last_emit >= 0) {
+        // Rows 0..ratio-1 <- the window ending at last_emit.
+        const int qp = last_emit - ratio + 1 + i;
+        float kv = old_kv, s = old_sc;
+        if (qp >= pos0) {
+            const i64 at = (i64)(qp - pos0) * width + col;
+            kv = a[at];
+            s = sc[at] + load_f16(ape + 2 * ((i64)i * width + col));
+        }
+        state_kv[(i64)i * width + col] = kv;
+        state_sc[(i64)i * width + col] = s;
+    }
+    if (q >= pos0) {
+        const i64 at = (i64)(q - pos0) * width + col;
+        state_kv[(i64)cur * width + col] = a[at];
+        state_sc[(i64)cur * width + col] = sc[at] + load_f16(ape + 2 * ((i64)i * width + col));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Attention over key chunks (decode: many chunks per head group, so the
+// whole GPU works on one token; batches: one chunk). A block is hpb warps,
+// one head each, over keys [c·chunk, (c+1)·chunk) of token t; keys go
+// through shared memory in tiles of DS4_AT_KT, so the hpb heads share
+// every load. Per chunk: m = max(sink, scores), l = sum e^(s-m), o = sum
+// e^(s-m) k, in key order. With one chunk the block writes the output,
+// else partials that attend_combine folds in chunk order.
+
+#define DS4_AT_KT 8
+
+extern "C" __global__ void attend_part(float* __restrict__ out, float* __restrict__ part_o,
+                                       float* __restrict__ part_ml, const float* __restrict__ q,
+                                       const float* __restrict__ raw, int raw_cap,
+                                       const float* __restrict__ comp, int ratio,
+                                       const int* __restrict__ sel, int top_k,
+                                       const float* __restrict__ sinks, int n_heads,
+                                       int head_dim, int window, int pos0, float scale,
+                                       int chunk) {
+    extern __shared__ float sm[];
+    const int hpb = blockDim.x / DS4_WARP;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int h = blockIdx.x * hpb + warp;
+    const int c = blockIdx.y, t = blockIdx.z;
+    const int n_chunks = gridDim.y;
+    const int p = pos0 + t;
+    const int first = max(0, p + 1 - window);
+    const int n_raw = p - first + 1;
+    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
+    const bool use_sel = sel != 0 && visible > top_k;
+    const int n_comp = use_sel ? top_k : visible;
+    const int n_keys = n_raw + n_comp;
+    const int k0 = c * chunk, k1 = min(n_keys, k0 + chunk);
+    float* keys = sm;                                     // DS4_AT_KT x head_dim
+    float* scs = sm + DS4_AT_KT * head_dim + warp * chunk;  // this warp's scores
+    const int nj = head_dim / 128;
+    const int hh = min(h, n_heads - 1);
+    const float* qh = q + ((i64)t * n_heads + hh) * head_dim;
+    float4 qv[4], o[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        qv[j] = j < nj ? *(const float4*)(qh + 128 * j + 4 * lane) : make_float4(0, 0, 0, 0);
+        o[j] = make_float4(0, 0, 0, 0);
+    }
+    const int f4 = head_dim / 4;
+#define DS4_AKEY(kk)                                                                      \
+    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
+                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+    for (int kt = k0; kt < k1; kt += DS4_AT_KT) {
+        const int nk = min(DS4_AT_KT, k1 - kt);
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
+            const int kk = idx / f4, f = idx % f4;
+            *(float4*)(keys + kk * head_dim + 4 * f) = *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+        }
+        __syncthreads();
+        for (int kk = 0; kk < nk; kk++) {
+            float part = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < nj) {
+                    const float4 kv = *(const float4*)(keys + kk * head_dim + 128 * j + 4 * lane);
+                    part = fmaf(qv[j].x, kv.x, part);
+                    part = fmaf(qv[j].y, kv.y, part);
+                    part = fmaf(qv[j].z, kv.z, part);
+                    part = fmaf(qv[j].w, kv.w, part);
+                }
+            }
+            const float dot = warp_sum(part);
+            if (lane == 0) scs[kt - k0 + kk] = dot * scale;
+        }
+    }
+    __syncwarp();
+    const float sink = sinks[hh];
+    float m = sink;
+    for (int kk = lane; kk < k1 - k0; kk += DS4_WARP) m = fmaxf(m, scs[kk]);
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int kt = k0; kt < k1; kt += DS4_AT_KT) {
+        const int nk = min(DS4_AT_KT, k1 - kt);
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
+            const int kk = idx / f4, f = idx % f4;
+            *(float4*)(keys + kk * head_dim + 4 * f) = *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+        }
+        __syncthreads();
+        for (int kk = 0; kk < nk; kk++) {
+            const float e = expf(scs[kt - k0 + kk] - m);
+            l += e;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < nj) {
+                    const float4 kv = *(const float4*)(keys + kk * head_dim + 128 * j + 4 * lane);
+                    o[j].x = fmaf(e, kv.x, o[j].x);
+                    o[j].y = fmaf(e, kv.y, o[j].y);
+                    o[j].z = fmaf(e, kv.z, o[j].z);
+                    o[j].w = fmaf(e, kv.w, o[j].w);
+                }
+            }
+        }
+    }
+#undef DS4_AKEY
+    if (h >= n_heads) return;
+    if (n_chunks == 1) {
+        const float den = expf(sink - m) + l;
+        float* oh = out + ((i64)t * n_heads + h) * head_dim;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j < nj)
+                *(float4*)(oh + 128 * j + 4 * lane) =
+                    make_float4(o[j].x / den, o[j].y / den, o[j].z / den, o[j].w / den);
+        return;
+    }
+    const i64 slot = ((i64)t * n_heads + h) * n_chunks + c;
+    float* po = part_o + slot * head_dim;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        if (j < nj) *(float4*)(po + 128 * j + 4 * lane) = o[j];
+    if (lane == 0) {
+        part_ml[2 * slot] = m;
+        part_ml[2 * slot + 1] = l;
+    }
+}
+
+// Folds the chunks of attend_part, in chunk order: M = max_c m_c,
+// den = e^(sink-M) + sum_c l_c e^(m_c-M), out = sum_c e^(m_c-M) o_c / den.
+// Grid (heads, T); a thread per 4 dims.
+extern "C" __global__ void attend_combine(float* __restrict__ out,
+                                          const float* __restrict__ part_o,
+                                          const float* __restrict__ part_ml,
+                                          const float* __restrict__ sinks, int n_heads,
+                                          int head_dim, int n_chunks) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const i64 slot0 = ((i64)t * n_heads + h) * n_chunks;
+    const float sink = sinks[h];
+    float mx = sink;
+    for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, part_ml[2 * (slot0 + c)]);
+    float den = expf(sink - mx);
+    for (int c = 0; c < n_chunks; c++)
+        den += part_ml[2 * (slot0 + c) + 1] * expf(part_ml[2 * (slot0 + c)] - mx);
+    for (int f = threadIdx.x; f < head_dim / 4; f += blockDim.x) {
+        float4 acc = make_float4(0, 0, 0, 0);
+        for (int c = 0; c < n_chunks; c++) {
+            const float w = expf(part_ml[2 * (slot0 + c)] - mx);
+            const float4 v = *(const float4*)(part_o + (slot0 + c) * head_dim + 4 * f);
+            acc.x = fmaf(w, v.x, acc.x);
+            acc.y = fmaf(w, v.y, acc.y);
+            acc.z = fmaf(w, v.z, acc.z);
+            acc.w = fmaf(w, v.w, acc.w);
+        }
+        *(float4*)(out + ((i64)t * n_heads + h) * head_dim + 4 * f) =
+            make_float4(acc.x / den, acc.y / den, acc.z / den, acc.w / den);
+    }
 }

@@ -29,18 +29,12 @@ extern "C" __global__ void rms_norm(float* out, const float* x, const float* __r
     }
 }
 
-// Per token (one thread each), from the n_mix = 2n + n^2 mix values m:
+// One token's mix (thread-local), from the n_mix = 2n + n^2 mix values m:
 // post (n), the Sinkhorn matrix comb (n x n) and the pre weights (n),
-// exactly as hc::pre of the CPU backend. mix[t] = [post | comb], pre[t] = pre.
-extern "C" __global__ void hc_mix(const float* __restrict__ m, const float* __restrict__ scale,
-                                  const float* __restrict__ base, float* __restrict__ mix,
-                                  float* __restrict__ pre, int n_tokens, int n, int iters,
-                                  float eps) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n_tokens) return;
-    const int n_mix = 2 * n + n * n;
-    const float* mt = m + (i64)t * n_mix;
-    float* out = mix + (i64)t * (n + n * n);
+// exactly as hc::pre of the CPU backend. out = [post | comb], pre = pre.
+__device__ void hc_mix_token(const float* mt, const float* __restrict__ scale,
+                             const float* __restrict__ base, float* out, float* pre, int n,
+                             int iters, float eps) {
     float c[64];
     for (int h = 0; h < n; h++) out[h] = 2.0f * sigmoidf_ref(mt[n + h] * scale[1] + base[n + h]);
     for (int i = 0; i < n; i++) {
@@ -74,30 +68,159 @@ extern "C" __global__ void hc_mix(const float* __restrict__ m, const float* __re
         }
     }
     for (int k = 0; k < n * n; k++) out[n + k] = c[k];
-    for (int h = 0; h < n; h++) pre[(i64)t * n + h] = sigmoidf_ref(mt[h] * scale[0] + base[h]) + eps;
+    for (int h = 0; h < n; h++) pre[h] = sigmoidf_ref(mt[h] * scale[0] + base[h]) + eps;
 }
 
-// y[t] = sum_h a[t][h] * x[t][stream h], summed in stream order.
-extern "C" __global__ void hc_weighted_sum(float* __restrict__ y, const float* __restrict__ x,
-                                           const float* __restrict__ a, int d, int n) {
-    const int t = blockIdx.y;
+// The same mix computed by one warp, lane i*n + j owning comb[i][j]
+// (n*n <= 32): every sum still runs in the CPU's order (shuffles gather
+// the row or column in index order), so the results are bit-identical to
+// hc_mix_token, with 2 divisions per lane per iteration instead of 2n^2.
+__device__ void hc_mix_warp(const float* mt, const float* __restrict__ scale,
+                            const float* __restrict__ base, float* out, float* pre, int n,
+                            int iters, float eps) {
+    const int lane = threadIdx.x % DS4_WARP;
+    const int i = lane / n, j = lane % n;
+    const bool active = lane < n * n;
+    if (lane < n) {
+        out[lane] = 2.0f * sigmoidf_ref(mt[n + lane] * scale[1] + base[n + lane]);
+        pre[lane] = sigmoidf_ref(mt[lane] * scale[0] + base[lane]) + eps;
+    }
+    const float v = active ? mt[2 * n + lane] * scale[2] + base[2 * n + lane] : 0.0f;
+    float mx = -DS4_INF;
+    for (int jj = 0; jj < n; jj++) mx = fmaxf(mx, __shfl_sync(DS4_FULL_MASK, v, i * n + jj));
+    const float e = expf(v - mx);
+    float sum = 0.0f;
+    for (int jj = 0; jj < n; jj++) sum += __shfl_sync(DS4_FULL_MASK, e, i * n + jj);
+    float c = e / sum + eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+            float s = 0.0f;
+            for (int jj = 0; jj < n; jj++) s += __shfl_sync(DS4_FULL_MASK, c, i * n + jj);
+            s += eps;
+            c /= s;
+        }
+        float s = 0.0f;
+        for (int ii = 0; ii < n; ii++) s += __shfl_sync(DS4_FULL_MASK, c, ii * n + j);
+        s += eps;
+        c /= s;
+    }
+    if (active) out[n + lane] = c;
+}
+
+// Block sum of a float in a fixed order (warp butterflies, then warps in
+// order); every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_sum_f32(float v, float* scratch) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int n_warps = blockDim.x / DS4_WARP;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = 0.0f;
+    for (int w = 0; w < n_warps; w++) r += scratch[w];
+    __syncthreads();
+    return r;
+}
+
+// Split-k partial products of the HC mix rows with the (unnormalised) flat
+// HC state: part[t][row][split] = fn[row][k-range] . x[t][k-range]; split
+// `split` of row 0 also writes the partial sum of squares (f64) of its
+// range to ss[t][split]. Grid (rows, splits, tokens); F16 weights.
+extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __restrict__ x,
+                                   int width, int n_rows, int n_splits,
+                                   float* __restrict__ part, double* __restrict__ ss) {
+    __shared__ float scratch[32];
+    __shared__ double dscratch[32];
+    const int row = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
+    const int len = width / n_splits, k0 = sp * len;
+    const float* xt = x + (i64)t * width + k0;
+    const u8* w = fn + ((i64)row * width + k0) * 2;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
+    acc = block_sum_f32(acc, scratch);
+    if (threadIdx.x == 0) part[((i64)t * n_rows + row) * n_splits + sp] = acc;
+    if (row == 0) {
+        double q = 0.0;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) q += (double)xt[i] * (double)xt[i];
+        q = block_sum_f64(q, dscratch);
+        if (threadIdx.x == 0) ss[(i64)t * n_splits + sp] = q;
+    }
+}
+
+// The mix values of a token from hc_dots' partials: m[row] = inv_rms *
+// sum over splits (in order). Runs in a block; m goes to shared memory.
+__device__ void hc_values(const float* __restrict__ part, const double* __restrict__ ss, int t,
+                          int n_rows, int n_splits, int width, float eps, float* m) {
+    if (threadIdx.x < n_rows) {
+        double q = 0.0;
+        for (int s = 0; s < n_splits; s++) q += ss[(i64)t * n_splits + s];
+        const float inv = rms_inv(q, width, eps);
+        const float* p = part + ((i64)t * n_rows + threadIdx.x) * n_splits;
+        float v = 0.0f;
+        for (int s = 0; s < n_splits; s++) v += p[s];
+        m[threadIdx.x] = v * inv;
+    }
+    __syncthreads();
+}
+
+// HC-pre of one token per block: the mix (post, comb -> mix[t]) and
+// y[t] = sum_h pre_h * x[t][stream h].
+extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
+                                         const double* __restrict__ ss, int n_splits,
+                                         const float* __restrict__ scale,
+                                         const float* __restrict__ base, const float* __restrict__ x,
+                                         float* __restrict__ mix, float* __restrict__ y, int d,
+                                         int n, int iters, float hc_eps, float rms_eps) {
+    __shared__ float m[96];
+    __shared__ float pre[8];
+    __shared__ float mixs[8 + 64];
+    const int t = blockIdx.x;
+    const int n_mix = 2 * n + n * n;
+    hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m);
+    if (n * n <= DS4_WARP) {
+        if (threadIdx.x < DS4_WARP) hc_mix_warp(m, scale, base, mixs, pre, n, iters, hc_eps);
+    } else if (threadIdx.x == 0) {
+        hc_mix_token(m, scale, base, mixs, pre, n, iters, hc_eps);
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < n + n * n; k += blockDim.x) mix[(i64)t * (n + n * n) + k] = mixs[k];
     const float* xt = x + (i64)t * n * d;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float acc = 0.0f;
-        for (int h = 0; h < n; h++) acc += a[(i64)t * n + h] * xt[(i64)h * d + i];
+        for (int h = 0; h < n; h++) acc += pre[h] * xt[(i64)h * d + i];
         y[(i64)t * d + i] = acc;
     }
 }
 
-// The output head's stream weights: a[t][h] = sigmoid(m*scale[0] + base[h]) + eps.
-extern "C" __global__ void head_weights(const float* __restrict__ m,
-                                        const float* __restrict__ scale,
-                                        const float* __restrict__ base, float* __restrict__ a,
-                                        int n_tokens, int n, float eps) {
-    const int k = blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= n_tokens * n) return;
-    const int h = k % n;
-    a[k] = sigmoidf_ref(m[k] * scale[0] + base[h]) + eps;
+// The output head's pre-norm of one token per block: stream weights
+// a_h = sigmoid(m_h * scale[0] + base[h]) + eps, z = sum_h a_h * x_h, then
+// z = RMSNorm(z) * norm.
+extern "C" __global__ void head_finish(const float* __restrict__ part,
+                                       const double* __restrict__ ss, int n_splits,
+                                       const float* __restrict__ scale,
+                                       const float* __restrict__ base, const float* __restrict__ x,
+                                       i64 x_stride, const float* __restrict__ norm,
+                                       float* __restrict__ z, int d, int n, float hc_eps,
+                                       float rms_eps) {
+    __shared__ float m[8];
+    __shared__ float a[8];
+    __shared__ double dscratch[32];
+    const int t = blockIdx.x;
+    hc_values(part, ss, t, n, n_splits, n * d, rms_eps, m);
+    if (threadIdx.x < n) a[threadIdx.x] = sigmoidf_ref(m[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    const float* xt = x + (i64)t * x_stride;
+    float* zt = z + (i64)t * d;
+    double q = 0.0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
+        zt[i] = acc;
+        q += (double)acc * (double)acc;
+    }
+    q = block_sum_f64(q, dscratch);
+    const float inv = rms_inv(q, d, rms_eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) zt[i] = zt[i] * inv * norm[i];
 }
 
 // HC-post: x'[j] = post[j] * f + sum_i comb[i][j] * x[i], into a new buffer.
@@ -119,4 +242,15 @@ extern "C" __global__ void hc_post(float* __restrict__ out, const float* __restr
 extern "C" __global__ void fill_f32(float* __restrict__ x, i64 n, float v) {
     for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x)
         x[k] = v;
+}
+
+// Spins one thread for `ns` nanoseconds of %globaltimer (benchmarks: holds
+// the stream while the host queues a whole decode step behind it).
+extern "C" __global__ void spin_ns(u64 ns) {
+    if (threadIdx.x != 0) return;
+    u64 t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
 }

@@ -2,12 +2,13 @@
 //! kernels, and small helpers for buffers and launches.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 
 use crate::error::{CudaError, Result};
@@ -37,10 +38,100 @@ pub struct DeviceInfo {
     pub ptx_from_cache: bool,
 }
 
+/// Buffers up to this many elements are recycled through [`Pool`].
+pub const POOL_MAX_ELEMS: usize = 4 << 20;
+
+/// Freed small buffers by element count, for reuse. Decode allocates the
+/// same few dozen sizes every layer; reusing them saves an async alloc and
+/// free per buffer. Safe because all work runs on one stream: a buffer
+/// returned here is only handed to work queued after its last use.
+#[derive(Default)]
+pub struct Pool {
+    f32s: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    i32s: Mutex<HashMap<usize, Vec<CudaSlice<i32>>>>,
+    f64s: Mutex<HashMap<usize, Vec<CudaSlice<f64>>>>,
+}
+
+/// Element types the pool keeps.
+pub trait Pooled: DeviceRepr + Sized {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>>;
+}
+
+impl Pooled for f32 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.f32s
+    }
+}
+
+impl Pooled for i32 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.i32s
+    }
+}
+
+impl Pooled for f64 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.f64s
+    }
+}
+
+/// A device buffer that goes back to its pool (if any) when dropped.
+pub struct DevBuf<T: Pooled> {
+    slice: Option<CudaSlice<T>>,
+    pool: Option<Arc<Pool>>,
+}
+
+impl<T: Pooled> DevBuf<T> {
+    /// A buffer that is simply freed when dropped.
+    pub fn owned(slice: CudaSlice<T>) -> Self {
+        Self {
+            slice: Some(slice),
+            pool: None,
+        }
+    }
+}
+
+impl<T: Pooled> Deref for DevBuf<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        self.slice.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl<T: Pooled> DerefMut for DevBuf<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        self.slice.as_mut().expect("buffer present until drop")
+    }
+}
+
+impl<T: Pooled> Drop for DevBuf<T> {
+    fn drop(&mut self) {
+        if let (Some(s), Some(p)) = (self.slice.take(), self.pool.as_ref()) {
+            if let Ok(mut m) = T::bucket(p).lock() {
+                m.entry(s.len()).or_default().push(s);
+            }
+        }
+    }
+}
+
+/// A pair of timing events around some stream work.
+pub struct Span {
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl Span {
+    /// Milliseconds between the two events (waits for the end event).
+    pub fn ms(&self) -> Result<f32> {
+        Ok(self.start.elapsed_ms(&self.end)?)
+    }
+}
+
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
+    pool: Arc<Pool>,
     pub info: DeviceInfo,
     max_smem_optin: usize,
     /// `DS4_CUDA_TRACE=1`: print every launch (for compute-sanitizer reports).
@@ -103,6 +194,7 @@ impl Gpu {
             ctx,
             stream,
             funcs,
+            pool: Arc::new(Pool::default()),
             info,
             max_smem_optin,
             trace: std::env::var_os("DS4_CUDA_TRACE").is_some_and(|v| v == "1"),
@@ -169,6 +261,74 @@ impl Gpu {
         // the launch (checked by the stage code that computes the shapes).
         unsafe { b.launch(cfg) }?;
         Ok(())
+    }
+
+    /// Launches `name` with one by-value struct argument (`MatJobs`,
+    /// `GemmJobs`: kernels whose C signature is exactly that struct).
+    pub fn launch_struct<S: DeviceRepr>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        arg: &S,
+    ) -> Result<()> {
+        let f = self.func(name)?;
+        if grid.1 > 65_535 || grid.2 > 65_535 {
+            return Err(CudaError::Invalid(format!(
+                "{name}: grid {grid:?} exceeds the y/z limit of 65535"
+            )));
+        }
+        if self.trace {
+            eprintln!("launch {name} grid {grid:?} block {block}");
+        }
+        let mut b = self.stream.launch_builder(f);
+        b.arg(arg);
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
+        // parameter, whose device pointers the caller built from live
+        // buffers sized for the launch.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// A buffer from the pool (or a fresh one), contents unspecified: the
+    /// caller launches work that writes all of it before any read.
+    pub fn buf<T: Pooled>(&self, n: usize) -> Result<DevBuf<T>> {
+        let n = n.max(1);
+        if n > POOL_MAX_ELEMS {
+            return Ok(DevBuf::owned(self.alloc(n)?));
+        }
+        let reused = T::bucket(&self.pool)
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(&n).and_then(Vec::pop));
+        let slice = match reused {
+            Some(s) => s,
+            None => self.alloc(n)?,
+        };
+        Ok(DevBuf {
+            slice: Some(slice),
+            pool: Some(self.pool.clone()),
+        })
+    }
+
+    /// A timing event recorded now on the stream.
+    pub fn event(&self) -> Result<CudaEvent> {
+        Ok(self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
+    }
+
+    /// Times `f`'s stream work with a pair of events.
+    pub fn span<R>(&self, f: impl FnOnce() -> R) -> Result<(R, Span)> {
+        let start = self.event()?;
+        let r = f();
+        let end = self.event()?;
+        Ok((r, Span { start, end }))
     }
 
     /// An uninitialised buffer; callers launch a kernel that writes all of it.
