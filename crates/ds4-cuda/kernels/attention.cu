@@ -105,27 +105,59 @@ extern "C" __global__ void compress_step(
 }
 
 // Indexer scores: s[t][c] = sum_h w[t][h] * scale * max(0, q[t][h] . K[c])
-// for c < visible[t] (one warp per (c, t)); later entries are not written.
+// for c < visible[t]; later entries are not written. A block stages the
+// token's queries in shared memory (rows padded to 129 floats) and its 8
+// warps take 8 rows each; lane l computes heads l and l + 32. The dot and
+// the head sum run in index order with separately rounded products, as
+// the CPU computes them. Grid (ceil(visible / 64), T); head_dim 128.
+#define DS4_IX_ROWS 64
 extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_stride,
                                         const float* __restrict__ q,
                                         const float* __restrict__ w,
                                         const float* __restrict__ keys, int n_heads,
                                         int head_dim, float scale, int pos0, int ratio) {
+    extern __shared__ float sm[];
+    float* qs = sm;                              // n_heads x 129
+    float* ws = qs + n_heads * 129;              // n_heads
+    float* ks = ws + n_heads;                    // 8 warps x 128
     const int t = blockIdx.y;
-    const int c = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
-    const int lane = threadIdx.x % DS4_WARP;
     const int visible = (pos0 + t + 1) / ratio;
-    if (c >= visible) return;
-    const float* k = keys + (i64)c * head_dim;
-    const float* qt = q + (i64)t * n_heads * head_dim;
-    float s = 0.0f;
-    for (int h = 0; h < n_heads; h++) {
-        float part = 0.0f;
-        for (int i = lane; i < head_dim; i += DS4_WARP) part += qt[h * head_dim + i] * k[i];
-        const float dot = warp_sum(part);
-        s += w[(i64)t * n_heads + h] * scale * fmaxf(dot, 0.0f);
+    const int c0 = blockIdx.x * DS4_IX_ROWS;
+    if (c0 >= visible) return;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const float* qt = q + (i64)t * n_heads * 128;
+    for (int k = threadIdx.x; k < n_heads * 32; k += blockDim.x) {
+        const float4 v = ((const float4*)qt)[k];
+        float* dst = qs + (k >> 5) * 129 + 4 * (k & 31);
+        dst[0] = v.x;
+        dst[1] = v.y;
+        dst[2] = v.z;
+        dst[3] = v.w;
     }
-    if (lane == 0) scores[(i64)t * scores_stride + c] = s;
+    for (int h = threadIdx.x; h < n_heads; h += blockDim.x) ws[h] = w[(i64)t * n_heads + h];
+    __syncthreads();
+    float* kw = ks + warp * 128;
+    const float* q0 = qs + lane * 129;
+    const float* q1 = qs + (lane + 32) * 129;
+    for (int cc = 0; cc < DS4_IX_ROWS / 8; cc++) {
+        const int c = c0 + warp * (DS4_IX_ROWS / 8) + cc;
+        if (c >= visible) break;
+        ((float4*)kw)[lane] = ((const float4*)(keys + (i64)c * 128))[lane];
+        __syncwarp();
+        float d0 = 0.0f, d1 = 0.0f;
+        for (int i = 0; i < 128; i++) {
+            const float kv = kw[i];
+            if (lane < n_heads) d0 = __fadd_rn(d0, __fmul_rn(q0[i], kv));
+            if (lane + 32 < n_heads) d1 = __fadd_rn(d1, __fmul_rn(q1[i], kv));
+        }
+        float s = 0.0f;
+        for (int h = 0; h < n_heads; h++) {
+            const float d = __shfl_sync(DS4_FULL_MASK, h < 32 ? d0 : d1, h & 31);
+            s = __fadd_rn(s, __fmul_rn(__fmul_rn(ws[h], scale), fmaxf(d, 0.0f)));
+        }
+        if (lane == 0) scores[(i64)t * scores_stride + c] = s;
+        __syncwarp();
+    }
 }
 
 // A u32 whose unsigned order is the float order (-0 counts as +0).
@@ -278,13 +310,34 @@ extern "C" __global__ void attend(float* __restrict__ out, const float* __restri
 // rms_norm does; called by a whole block.
 __device__ void rms_row_inplace(float* row, const float* __restrict__ w, int width, float eps,
                                 double* scratch) {
+    const bool vec = (width & 3) == 0 && (((u64)row | (u64)w) & 15) == 0;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)row[i] * (double)row[i];
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            const float4 v = ((const float4*)row)[i];
+            ss += (double)v.x * (double)v.x + (double)v.y * (double)v.y +
+                  (double)v.z * (double)v.z + (double)v.w * (double)v.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)row[i] * (double)row[i];
+    }
     ss = block_sum_f64(ss, scratch);
     const float inv = rms_inv(ss, width, eps);
-    for (int i = threadIdx.x; i < width; i += blockDim.x) {
-        const float v = row[i] * inv;
-        row[i] = w ? v * w[i] : v;
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            float4 v = ((float4*)row)[i];
+            v.x *= inv; v.y *= inv; v.z *= inv; v.w *= inv;
+            if (w) {
+                const float4 g = ((const float4*)w)[i];
+                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+            }
+            ((float4*)row)[i] = v;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) {
+            const float v = row[i] * inv;
+            row[i] = w ? v * w[i] : v;
+        }
     }
     __syncthreads();
 }
@@ -477,8 +530,6 @@ extern "C" __global__ void compress_state(float* __restrict__ state_kv,
 // e^(s-m) k, in key order. With one chunk the block writes the output,
 // else partials that attend_combine folds in chunk order.
 
-#define DS4_AT_KT 8
-
 extern "C" __global__ void attend_part(float* __restrict__ out, float* __restrict__ part_o,
                                        float* __restrict__ part_ml, const float* __restrict__ q,
                                        const float* __restrict__ raw, int raw_cap,
@@ -486,7 +537,7 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
                                        const int* __restrict__ sel, int top_k,
                                        const float* __restrict__ sinks, int n_heads,
                                        int head_dim, int window, int pos0, float scale,
-                                       int chunk) {
+                                       int chunk, int tile) {
     extern __shared__ float sm[];
     const int hpb = blockDim.x / DS4_WARP;
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
@@ -501,8 +552,8 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     const int n_comp = use_sel ? top_k : visible;
     const int n_keys = n_raw + n_comp;
     const int k0 = c * chunk, k1 = min(n_keys, k0 + chunk);
-    float* keys = sm;                                     // DS4_AT_KT x head_dim
-    float* scs = sm + DS4_AT_KT * head_dim + warp * chunk;  // this warp's scores
+    float* keys = sm;                                 // tile x head_dim
+    float* scs = sm + tile * head_dim + warp * chunk;  // this warp's scores
     const int nj = head_dim / 128;
     const int hh = min(h, n_heads - 1);
     const float* qh = q + ((i64)t * n_heads + hh) * head_dim;
@@ -516,8 +567,8 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
 #define DS4_AKEY(kk)                                                                      \
     ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
                   : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
-    for (int kt = k0; kt < k1; kt += DS4_AT_KT) {
-        const int nk = min(DS4_AT_KT, k1 - kt);
+    for (int kt = k0; kt < k1; kt += tile) {
+        const int nk = min(tile, k1 - kt);
         __syncthreads();
         for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
             const int kk = idx / f4, f = idx % f4;
@@ -546,14 +597,19 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     for (int kk = lane; kk < k1 - k0; kk += DS4_WARP) m = fmaxf(m, scs[kk]);
     m = warp_max(m);
     float l = 0.0f;
-    for (int kt = k0; kt < k1; kt += DS4_AT_KT) {
-        const int nk = min(DS4_AT_KT, k1 - kt);
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
-            const int kk = idx / f4, f = idx % f4;
-            *(float4*)(keys + kk * head_dim + 4 * f) = *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+    // One tile covering the chunk is still in shared memory: no reload.
+    const bool reload = k1 - k0 > tile;
+    for (int kt = k0; kt < k1; kt += tile) {
+        const int nk = min(tile, k1 - kt);
+        if (reload) {
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
+                const int kk = idx / f4, f = idx % f4;
+                *(float4*)(keys + kk * head_dim + 4 * f) =
+                    *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+            }
+            __syncthreads();
         }
-        __syncthreads();
         for (int kk = 0; kk < nk; kk++) {
             const float e = expf(scs[kt - k0 + kk] - m);
             l += e;

@@ -13,16 +13,38 @@ extern "C" __global__ void embed_f16(float* __restrict__ x, const u8* __restrict
 
 // One block per row: out = x * w / sqrt(mean(x^2) + eps), w optional. The
 // sum of squares is taken in f64 like the CPU reference. In place is fine:
-// each thread rewrites only the elements it read.
+// each thread rewrites only the elements it read. 16-byte loads when the
+// rows allow, so a 4096-wide row is one load per thread of a 1024 block.
 extern "C" __global__ void rms_norm(float* out, const float* x, const float* __restrict__ w,
                                     int width, i64 in_stride, i64 out_stride, float eps) {
     __shared__ double scratch[32];
     const float* xr = x + (i64)blockIdx.x * in_stride;
     float* o = out + (i64)blockIdx.x * out_stride;
+    const bool vec = (width & 3) == 0 && (((u64)xr | (u64)o | (u64)w) & 15) == 0;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            const float4 v = ((const float4*)xr)[i];
+            ss += (double)v.x * (double)v.x + (double)v.y * (double)v.y +
+                  (double)v.z * (double)v.z + (double)v.w * (double)v.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    }
     ss = block_sum_f64(ss, scratch);
     const float inv = rms_inv(ss, width, eps);
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            float4 v = ((const float4*)xr)[i];
+            v.x *= inv; v.y *= inv; v.z *= inv; v.w *= inv;
+            if (w) {
+                const float4 g = ((const float4*)w)[i];
+                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+            }
+            ((float4*)o)[i] = v;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         const float v = xr[i] * inv;
         o[i] = w ? v * w[i] : v;
@@ -148,19 +170,48 @@ extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __res
 }
 
 // The mix values of a token from hc_dots' partials: m[row] = inv_rms *
-// sum over splits (in order). Runs in a block; m goes to shared memory.
+// sum over splits (in order). Runs in a block (>= rows * splits threads
+// load the partials at once); m goes to shared memory.
 __device__ void hc_values(const float* __restrict__ part, const double* __restrict__ ss, int t,
-                          int n_rows, int n_splits, int width, float eps, float* m) {
+                          int n_rows, int n_splits, int width, float eps, float* m, float* pbuf,
+                          double* sbuf) {
+    for (int k = threadIdx.x; k < n_rows * n_splits; k += blockDim.x)
+        pbuf[k] = part[(i64)t * n_rows * n_splits + k];
+    if (threadIdx.x < n_splits) sbuf[threadIdx.x] = ss[(i64)t * n_splits + threadIdx.x];
+    __syncthreads();
     if (threadIdx.x < n_rows) {
         double q = 0.0;
-        for (int s = 0; s < n_splits; s++) q += ss[(i64)t * n_splits + s];
+        for (int s = 0; s < n_splits; s++) q += sbuf[s];
         const float inv = rms_inv(q, width, eps);
-        const float* p = part + ((i64)t * n_rows + threadIdx.x) * n_splits;
         float v = 0.0f;
-        for (int s = 0; s < n_splits; s++) v += p[s];
+        for (int s = 0; s < n_splits; s++) v += pbuf[threadIdx.x * n_splits + s];
         m[threadIdx.x] = v * inv;
     }
     __syncthreads();
+}
+
+// y[i] = sum_h a[h] * x[stream h][i], h in order, 4 values per thread.
+__device__ __forceinline__ void hc_weighted(const float* a, const float* __restrict__ xt,
+                                            float* __restrict__ y, int d, int n) {
+    if ((d & 3) == 0 && (((u64)xt | (u64)y) & 15) == 0) {
+        for (int i = threadIdx.x; i < d / 4; i += blockDim.x) {
+            float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int h = 0; h < n; h++) {
+                const float4 v = ((const float4*)(xt + (i64)h * d))[i];
+                acc.x += a[h] * v.x;
+                acc.y += a[h] * v.y;
+                acc.z += a[h] * v.z;
+                acc.w += a[h] * v.w;
+            }
+            ((float4*)y)[i] = acc;
+        }
+        return;
+    }
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
+        y[i] = acc;
+    }
 }
 
 // HC-pre of one token per block: the mix (post, comb -> mix[t]) and
@@ -174,9 +225,11 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
     __shared__ float m[96];
     __shared__ float pre[8];
     __shared__ float mixs[8 + 64];
+    __shared__ float pbuf[96 * 32];
+    __shared__ double sbuf[32];
     const int t = blockIdx.x;
     const int n_mix = 2 * n + n * n;
-    hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m);
+    hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m, pbuf, sbuf);
     if (n * n <= DS4_WARP) {
         if (threadIdx.x < DS4_WARP) hc_mix_warp(m, scale, base, mixs, pre, n, iters, hc_eps);
     } else if (threadIdx.x == 0) {
@@ -184,12 +237,7 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
     }
     __syncthreads();
     for (int k = threadIdx.x; k < n + n * n; k += blockDim.x) mix[(i64)t * (n + n * n) + k] = mixs[k];
-    const float* xt = x + (i64)t * n * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < n; h++) acc += pre[h] * xt[(i64)h * d + i];
-        y[(i64)t * d + i] = acc;
-    }
+    hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n);
 }
 
 // The output head's pre-norm of one token per block: stream weights
@@ -204,20 +252,18 @@ extern "C" __global__ void head_finish(const float* __restrict__ part,
                                        float rms_eps) {
     __shared__ float m[8];
     __shared__ float a[8];
+    __shared__ float pbuf[8 * 32];
+    __shared__ double sbuf[32];
     __shared__ double dscratch[32];
     const int t = blockIdx.x;
-    hc_values(part, ss, t, n, n_splits, n * d, rms_eps, m);
+    hc_values(part, ss, t, n, n_splits, n * d, rms_eps, m, pbuf, sbuf);
     if (threadIdx.x < n) a[threadIdx.x] = sigmoidf_ref(m[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
-    const float* xt = x + (i64)t * x_stride;
     float* zt = z + (i64)t * d;
+    hc_weighted(a, x + (i64)t * x_stride, zt, d, n);
+    __syncthreads();
     double q = 0.0;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
-        zt[i] = acc;
-        q += (double)acc * (double)acc;
-    }
+    for (int i = threadIdx.x; i < d; i += blockDim.x) q += (double)zt[i] * (double)zt[i];
     q = block_sum_f64(q, dscratch);
     const float inv = rms_inv(q, d, rms_eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) zt[i] = zt[i] * inv * norm[i];

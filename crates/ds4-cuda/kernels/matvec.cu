@@ -294,29 +294,27 @@ struct FastF16 {
 };
 
 // IQ2_XXS group of 32 values (8 bytes: a0 = 4 grid indices, a1 = 4 sign
-// indices + scale): sum over the group of w * x, scaled once by db.
+// indices + scale): sum over the group of w * x, scaled once by db. `gf` is
+// the grid as floats in shared memory (256 x 8), so a grid row is two
+// 16-byte loads and each value one sign select and one FMA.
 __device__ __forceinline__ float iq2_group(u32 a0, u32 a1, float d, const float* __restrict__ x,
-                                           const u64* grid) {
+                                           const float* gf) {
     const float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
     float s = 0.0f;
 #pragma unroll
     for (int l = 0; l < 4; l++) {
-        const u64 g = grid[(a0 >> (8 * l)) & 0xff];
+        const float* g = gf + 8 * ((a0 >> (8 * l)) & 0xff);
+        const float4 ga = *(const float4*)g, gb = *(const float4*)(g + 4);
         const u32 sg = ksigns_iq2xs((a1 >> (7 * l)) & 127);
-        const u32 lo = (u32)g, hi = (u32)(g >> 32);
         const float4 xa = ldx4(x + 8 * l), xb = ldx4(x + 8 * l + 4);
-        const float v0 = DS4_BYTE_F(lo, 0), v1 = DS4_BYTE_F(lo, 1);
-        const float v2 = DS4_BYTE_F(lo, 2), v3 = DS4_BYTE_F(lo, 3);
-        const float v4 = DS4_BYTE_F(hi, 0), v5 = DS4_BYTE_F(hi, 1);
-        const float v6 = DS4_BYTE_F(hi, 2), v7 = DS4_BYTE_F(hi, 3);
-        s = fmaf((sg & 1) ? -v0 : v0, xa.x, s);
-        s = fmaf((sg & 2) ? -v1 : v1, xa.y, s);
-        s = fmaf((sg & 4) ? -v2 : v2, xa.z, s);
-        s = fmaf((sg & 8) ? -v3 : v3, xa.w, s);
-        s = fmaf((sg & 16) ? -v4 : v4, xb.x, s);
-        s = fmaf((sg & 32) ? -v5 : v5, xb.y, s);
-        s = fmaf((sg & 64) ? -v6 : v6, xb.z, s);
-        s = fmaf((sg & 128) ? -v7 : v7, xb.w, s);
+        s = fmaf((sg & 1) ? -ga.x : ga.x, xa.x, s);
+        s = fmaf((sg & 2) ? -ga.y : ga.y, xa.y, s);
+        s = fmaf((sg & 4) ? -ga.z : ga.z, xa.z, s);
+        s = fmaf((sg & 8) ? -ga.w : ga.w, xa.w, s);
+        s = fmaf((sg & 16) ? -gb.x : gb.x, xb.x, s);
+        s = fmaf((sg & 32) ? -gb.y : gb.y, xb.y, s);
+        s = fmaf((sg & 64) ? -gb.z : gb.z, xb.z, s);
+        s = fmaf((sg & 128) ? -gb.w : gb.w, xb.w, s);
     }
     return db * s;
 }
@@ -340,8 +338,9 @@ struct FastIQ2XXS {
             const float* xc = x + 64 * c;
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                acc[r] += iq2_group(q[r].x, q[r].y, d[r], xc, grid);
-                acc[r] += iq2_group(q[r].z, q[r].w, d[r], xc + 32, grid);
+                const float* gf = (const float*)grid;
+                acc[r] += iq2_group(q[r].x, q[r].y, d[r], xc, gf);
+                acc[r] += iq2_group(q[r].z, q[r].w, d[r], xc + 32, gf);
             }
         }
     }
@@ -491,10 +490,12 @@ DS4_GEMV(gemv_f16, FastF16, 1)
 DS4_GEMV(gemv_q2_k, FastQ2K, 4)
 
 extern "C" __global__ void __launch_bounds__(256) gemv_iq2_xxs(const MatJobs js) {
-    __shared__ u64 grid[256];
-    grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
+    __shared__ __align__(16) float gridf[256 * 8];
+    const u64 g = ds4_iq2xxs_grid[threadIdx.x];
+#pragma unroll
+    for (int k = 0; k < 8; k++) gridf[8 * threadIdx.x + k] = (float)((g >> (8 * k)) & 0xff);
     __syncthreads();
-    gemv_impl<FastIQ2XXS, 4>(js, grid);
+    gemv_impl<FastIQ2XXS, 4>(js, (const u64*)gridf);
 }
 
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).

@@ -345,11 +345,16 @@ impl CudaBackend {
         let scores = self.gpu.buf::<f32>(t * visible_last)?;
         // As the CPU computes it: an f32 square root, then an f32 division.
         let scale = 1.0 / ((heads * id) as f32).sqrt();
+        if heads > 64 || id != 128 {
+            return Err(CudaError::Unsupported(format!(
+                "indexer of {heads} heads x {id} (at most 64 x 128)"
+            )));
+        }
         self.gpu.launch(
             "index_scores",
-            ((visible_last as u32).div_ceil(WARPS), t as u32, 1),
+            ((visible_last as u32).div_ceil(64), t as u32, 1),
             BLOCK,
-            0,
+            ((heads * 129 + heads + 8 * 128) * 4) as u32,
             &[
                 Arg::Ptr(self.gpu.ptr(&scores)),
                 Arg::I64(visible_last as i64),
@@ -438,7 +443,6 @@ impl CudaBackend {
         // the keys so that ~2 blocks per SM share the work; a batch runs one
         // chunk per (head group, token).
         let hpb = 8usize.min(heads);
-        let tile = 8 * hd * 4;
         let (chunk, n_chunks) = if t < 4 {
             let groups = heads.div_ceil(hpb);
             let want = (264 / (groups * t)).max(1);
@@ -447,7 +451,9 @@ impl CudaBackend {
         } else {
             (max_keys.max(1), 1)
         };
-        let smem = tile + hpb * chunk * 4 + 16;
+        // Keys per shared-memory tile: a decode chunk in one load.
+        let tile = chunk.min(32);
+        let smem = (tile * hd + hpb * chunk) * 4 + 16;
         let fits = hd % 128 == 0 && hd <= 512 && smem <= 200 * 1024;
         if !fits {
             self.gpu.launch(
@@ -508,6 +514,7 @@ impl CudaBackend {
                 Arg::I32(pos0 as i32),
                 Arg::F32(scale),
                 Arg::I32(chunk as i32),
+                Arg::I32(tile as i32),
             ],
         )?;
         if n_chunks > 1 {

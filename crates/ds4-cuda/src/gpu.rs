@@ -132,6 +132,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
     pool: Arc<Pool>,
+    /// While `Some`, every launch is bracketed by timing events (per-kernel
+    /// profile for the bench; off otherwise).
+    profile: Mutex<Option<Vec<(&'static str, Span)>>>,
     pub info: DeviceInfo,
     max_smem_optin: usize,
     /// `DS4_CUDA_TRACE=1`: print every launch (for compute-sanitizer reports).
@@ -195,6 +198,7 @@ impl Gpu {
             stream,
             funcs,
             pool: Arc::new(Pool::default()),
+            profile: Mutex::new(None),
             info,
             max_smem_optin,
             trace: std::env::var_os("DS4_CUDA_TRACE").is_some_and(|v| v == "1"),
@@ -210,6 +214,51 @@ impl Gpu {
         self.funcs
             .get(name)
             .ok_or_else(|| CudaError::Invalid(format!("kernel {name} is not loaded")))
+    }
+
+    /// Starts recording a timing-event pair around every launch.
+    pub fn profile_start(&self) {
+        if let Ok(mut p) = self.profile.lock() {
+            *p = Some(Vec::new());
+        }
+    }
+
+    /// Stops recording; returns (kernel, launches, total ms) per kernel,
+    /// slowest first (waits for the GPU).
+    pub fn profile_take(&self) -> Result<Vec<(&'static str, usize, f64)>> {
+        let spans = self
+            .profile
+            .lock()
+            .map_err(|_| CudaError::Invalid("profile lock poisoned".into()))?
+            .take()
+            .unwrap_or_default();
+        let mut by: HashMap<&'static str, (usize, f64)> = HashMap::new();
+        for (name, span) in spans {
+            let e = by.entry(name).or_default();
+            e.0 += 1;
+            e.1 += f64::from(span.ms()?);
+        }
+        let mut v: Vec<_> = by.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(v)
+    }
+
+    /// Runs a launch, timed when profiling.
+    fn timed_launch(&self, name: &str, go: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut guard = match self.profile.lock() {
+            Ok(g) => g,
+            Err(_) => return go(),
+        };
+        let Some(list) = guard.as_mut() else {
+            drop(guard);
+            return go();
+        };
+        let key = self.funcs.get_key_value(name).map_or("?", |(k, _)| *k);
+        let start = self.event()?;
+        go()?;
+        let end = self.event()?;
+        list.push((key, Span { start, end }));
+        Ok(())
     }
 
     /// Launches `name` on the backend's stream.
@@ -256,11 +305,14 @@ impl Gpu {
             block_dim: (block, 1, 1),
             shared_mem_bytes: smem,
         };
-        // SAFETY: each call site passes the argument list of the kernel's C
-        // signature, with device pointers to live buffers large enough for
-        // the launch (checked by the stage code that computes the shapes).
-        unsafe { b.launch(cfg) }?;
-        Ok(())
+        self.timed_launch(name, || {
+            // SAFETY: each call site passes the argument list of the kernel's
+            // C signature, with device pointers to live buffers large enough
+            // for the launch (checked by the stage code that computes the
+            // shapes).
+            unsafe { b.launch(cfg) }?;
+            Ok(())
+        })
     }
 
     /// Launches `name` with one by-value struct argument (`MatJobs`,
@@ -288,11 +340,13 @@ impl Gpu {
             block_dim: (block, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
-        // parameter, whose device pointers the caller built from live
-        // buffers sized for the launch.
-        unsafe { b.launch(cfg) }?;
-        Ok(())
+        self.timed_launch(name, || {
+            // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
+            // parameter, whose device pointers the caller built from live
+            // buffers sized for the launch.
+            unsafe { b.launch(cfg) }?;
+            Ok(())
+        })
     }
 
     /// A buffer from the pool (or a fresh one), contents unspecified: the

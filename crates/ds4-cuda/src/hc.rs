@@ -57,7 +57,7 @@ impl CudaBackend {
             )));
         }
         // Splits of 1024 values keep ~400 blocks busy on the 24 mix rows.
-        let mut splits = (width / 1024).max(1);
+        let mut splits = (width / 1024).clamp(1, 32);
         while !width.is_multiple_of(splits) {
             splits -= 1;
         }
@@ -93,10 +93,11 @@ impl CudaBackend {
             buf: self.gpu.buf(t * (n + n * n))?,
         };
         let y = self.new_act(t, d)?;
+        let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
         self.gpu.launch(
             "hc_pre_finish",
             (t as u32, 1, 1),
-            BLOCK,
+            threads,
             0,
             &[
                 Arg::Ptr(self.gpu.ptr(&part)),
@@ -154,10 +155,11 @@ impl CudaBackend {
         let hc = &weights.output_hc;
         let (part, ss, splits) = self.hc_dots(&hc.func, xs, r)?;
         let z = self.new_act(r, d)?;
+        let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
         self.gpu.launch(
             "head_finish",
             (r as u32, 1, 1),
-            BLOCK,
+            threads,
             0,
             &[
                 Arg::Ptr(self.gpu.ptr(&part)),

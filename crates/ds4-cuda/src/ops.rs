@@ -569,10 +569,12 @@ impl CudaBackend {
         rows: usize,
         width: usize,
     ) -> Result<()> {
+        // One 16-byte load per thread for production rows.
+        let threads = (width / 4).next_multiple_of(32).clamp(32, 1024) as u32;
         self.gpu.launch(
             "rms_norm",
             (rows as u32, 1, 1),
-            BLOCK,
+            threads,
             0,
             &[
                 Arg::Ptr(out),

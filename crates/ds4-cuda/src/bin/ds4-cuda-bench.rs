@@ -223,7 +223,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
     let prompt: Vec<u32> = (0..max_ctx as u64)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % u64::from(vocab)) as u32)
         .collect();
-    let mut kv = b.new_kv(max_ctx + o.gen + 2, o.chunk)?;
+    let mut kv = b.new_kv(max_ctx + o.chunk.max(o.gen + 8) + 8, o.chunk)?;
     let timed = Timed::new(&b);
     let mut csv = String::from(
         "card,ctx_tokens,prefill_tokens,prefill_tps,gen_tokens,gen_tps,kvcache_bytes,\
@@ -290,14 +290,30 @@ fn cmd_run(args: &[String]) -> Result<()> {
             .span(|| forward(&b, &model.weights, &mut kv, &[next], Logits::Last))?;
         next = argmax(&r?);
         let gpu_ms = f64::from(span.ms()?);
-        // Per-stage breakdown of one step, likewise gated.
+        // Per-stage and per-kernel breakdown of one step, likewise gated.
         gate(&b, 30_000_000)?;
         timed.on.set(true);
+        b.gpu().profile_start();
         let pos = b.kv_len(&kv);
         let r = forward(&timed, &model.weights, &mut kv, &[next], Logits::Last);
         timed.on.set(false);
         r?;
+        let kernels = b.gpu().profile_take()?;
         let times = timed.take()?;
+        b.kv_rewind(&mut kv, &point)?;
+        // One prefill chunk at this frontier, per stage and per kernel.
+        let piece: Vec<u32> = (0..o.chunk as u64)
+            .map(|i| ((i.wrapping_mul(40_503) >> 3) % u64::from(vocab)) as u32)
+            .collect();
+        timed.on.set(true);
+        b.gpu().profile_start();
+        let t = Instant::now();
+        let r = forward(&timed, &model.weights, &mut kv, &piece, Logits::Last);
+        timed.on.set(false);
+        r?;
+        let chunk_s = t.elapsed().as_secs_f64();
+        let pkernels = b.gpu().profile_take()?;
+        let ptimes = timed.take()?;
         b.kv_rewind(&mut kv, &point)?;
         let kv_bytes = b.kv_bytes(&kv);
         let frac = gen_tps / bound;
@@ -316,12 +332,17 @@ fn cmd_run(args: &[String]) -> Result<()> {
             gpu_ms,
             step_ms,
         );
+        let ktable = kernel_table(&kernels, 30);
+        let ptable = prefill_table(&ptimes, o.chunk);
+        let pktable = kernel_table(&pkernels, 20);
         let _ = writeln!(
             breakdown,
-            "\n## ctx {f}: decode {step_ms:.3} ms/token wall ({gen_tps:.1} tok/s, {:.1}% of bound), gated GPU step {gpu_ms:.3} ms; prefill {prefill_tps:.1} tok/s\n\n{table}",
-            100.0 * frac
+            "\n## ctx {f}: decode {step_ms:.3} ms/token wall ({gen_tps:.1} tok/s, {:.1}% of bound), gated GPU step {gpu_ms:.3} ms; prefill {prefill_tps:.1} tok/s\n\n### decode step, per stage\n\n{table}\n### decode step, per kernel (events around every launch)\n\n{ktable}\n### one prefill chunk of {} tokens at {f} ({chunk_s:.3} s wall with events = {:.1} tok/s), per stage\n\n{ptable}\n### that chunk, per kernel\n\n{pktable}",
+            100.0 * frac,
+            o.chunk,
+            o.chunk as f64 / chunk_s
         );
-        println!("{table}");
+        println!("{table}\n{ktable}\n{ptable}\n{pktable}");
     }
     if let Some(p) = &o.csv {
         std::fs::write(p, &csv).with_context(|| format!("writing {}", p.display()))?;
@@ -331,6 +352,57 @@ fn cmd_run(args: &[String]) -> Result<()> {
         std::fs::write(p, &breakdown).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// A markdown table of per-kernel times (the `top` slowest, then the rest).
+fn kernel_table(k: &[(&'static str, usize, f64)], top: usize) -> String {
+    let total: f64 = k.iter().map(|x| x.2).sum();
+    let mut s =
+        String::from("| kernel | launches | ms | share | µs/launch |\n|---|---:|---:|---:|---:|\n");
+    for (name, n, ms) in k.iter().take(top) {
+        let _ = writeln!(
+            s,
+            "| {name} | {n} | {ms:.3} | {:.1}% | {:.1} |",
+            100.0 * ms / total.max(1e-12),
+            1e3 * ms / *n as f64
+        );
+    }
+    let rest: f64 = k.iter().skip(top).map(|x| x.2).sum();
+    let launches: usize = k.iter().map(|x| x.1).sum();
+    let _ = writeln!(
+        s,
+        "| (other {} kernels) | | {rest:.3} | | |\n| **total** | {launches} | {total:.3} | 100% | |",
+        k.len().saturating_sub(top)
+    );
+    s
+}
+
+/// A markdown table of one prefill chunk's stage times.
+fn prefill_table(t: &StageTimes, tokens: usize) -> String {
+    let mut s =
+        String::from("| stage | calls | ms | share | µs/token |\n|---|---:|---:|---:|---:|\n");
+    let total: f64 = t.ms.iter().sum();
+    for st in Stage::ALL {
+        let i = st as usize;
+        if t.calls[i] == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.1}% | {:.2} |",
+            st.name(),
+            t.calls[i],
+            t.ms[i],
+            100.0 * t.ms[i] / total.max(1e-12),
+            1e3 * t.ms[i] / tokens as f64
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| **sum** | | {total:.3} | 100% | {:.2} |",
+        1e3 * total / tokens as f64
+    );
+    s
 }
 
 /// A markdown table of one step's stage times.
