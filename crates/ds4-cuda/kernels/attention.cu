@@ -109,20 +109,21 @@ extern "C" __global__ void compress_step(
 // token's queries in shared memory (rows padded to 129 floats) and its 8
 // warps take 8 rows each; lane l computes heads l and l + 32. The dot and
 // the head sum run in index order with separately rounded products, as
-// the CPU computes them. Grid (ceil(visible / 64), T); head_dim 128.
-#define DS4_IX_ROWS 64
+// the CPU computes them. Grid (ceil(visible / rpb), T), rpb rows per block
+// (a multiple of 8: 8 for a decode step, more for batches); head_dim 128.
 extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_stride,
                                         const float* __restrict__ q,
                                         const float* __restrict__ w,
                                         const float* __restrict__ keys, int n_heads,
-                                        int head_dim, float scale, int pos0, int ratio) {
+                                        int head_dim, float scale, int pos0, int ratio,
+                                        int rpb) {
     extern __shared__ float sm[];
     float* qs = sm;                              // n_heads x 129
     float* ws = qs + n_heads * 129;              // n_heads
     float* ks = ws + n_heads;                    // 8 warps x 128
     const int t = blockIdx.y;
     const int visible = (pos0 + t + 1) / ratio;
-    const int c0 = blockIdx.x * DS4_IX_ROWS;
+    const int c0 = blockIdx.x * rpb;
     if (c0 >= visible) return;
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
     const float* qt = q + (i64)t * n_heads * 128;
@@ -139,8 +140,8 @@ extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_s
     float* kw = ks + warp * 128;
     const float* q0 = qs + lane * 129;
     const float* q1 = qs + (lane + 32) * 129;
-    for (int cc = 0; cc < DS4_IX_ROWS / 8; cc++) {
-        const int c = c0 + warp * (DS4_IX_ROWS / 8) + cc;
+    for (int cc = 0; cc < rpb / 8; cc++) {
+        const int c = c0 + warp * (rpb / 8) + cc;
         if (c >= visible) break;
         ((float4*)kw)[lane] = ((const float4*)(keys + (i64)c * 128))[lane];
         __syncwarp();
@@ -167,83 +168,112 @@ __device__ __forceinline__ u32 order_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Exclusive prefix count of `flag` over the block in thread order, plus the
-// block total; `warp_tot` holds 32 ints.
-__device__ int block_scan_flags(bool flag, int* warp_tot, int* total) {
-    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
-    const int n_warps = blockDim.x / DS4_WARP;
-    const u32 ballot = __ballot_sync(DS4_FULL_MASK, flag);
-    const int in_warp = __popc(ballot & ((1u << lane) - 1u));
-    __syncthreads();
-    if (lane == 0) warp_tot[warp] = __popc(ballot);
-    __syncthreads();
-    int before = 0, all = 0;
-    for (int w = 0; w < n_warps; w++) {
-        if (w < warp) before += warp_tot[w];
-        all += warp_tot[w];
+// Top-k of each token's indexer scores (one block of 1024 threads per
+// token), ties to the lower index like the CPU's top_k, written in
+// ascending index order. Tokens whose visible count is <= k need no
+// selection and are skipped. The k-th largest key is found by an 8-bit
+// radix select over order-preserving keys (integer shared atomics only;
+// the keys stay in shared memory when they fit), the bin of each pass by a
+// parallel scan; then each warp compacts its contiguous share of the
+// indices in order with ballots.
+__device__ __forceinline__ int warp_incl_scan(int v) {
+    const int lane = threadIdx.x % DS4_WARP;
+    for (int o = 1; o < DS4_WARP; o <<= 1) {
+        const int u = __shfl_up_sync(DS4_FULL_MASK, v, o);
+        if (lane >= o) v += u;
     }
-    *total = all;
-    return before + in_warp;
+    return v;
 }
 
-// Top-k of each token's indexer scores (one block per token), ties to the
-// lower index like the CPU's top_k, written in ascending index order.
-// Tokens whose visible count is <= k need no selection and are skipped.
-// The k-th largest key is found by an 8-bit radix select (integer shared
-// atomics only), then indices are compacted in order with block scans.
 extern "C" __global__ void topk_select(int* __restrict__ out, const float* __restrict__ scores,
-                                       i64 scores_stride, int k, int pos0, int ratio) {
+                                       i64 scores_stride, int k, int pos0, int ratio,
+                                       int cached) {
+    extern __shared__ u32 keys[];
     __shared__ u32 hist[256];
-    __shared__ u32 s_prefix, s_mask, s_remaining;
-    __shared__ int warp_tot[32];
+    __shared__ int wsum[32], wsum2[32];
+    __shared__ u32 s_prefix, s_mask, s_rem;
     const int t = blockIdx.x;
     const int n = (pos0 + t + 1) / ratio;
     if (n <= k) return;
     const float* s = scores + (i64)t * scores_stride;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int n_warps = blockDim.x / DS4_WARP;
+    if (cached)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) keys[i] = order_key(s[i]);
     if (threadIdx.x == 0) {
         s_prefix = 0;
         s_mask = 0;
-        s_remaining = k;
+        s_rem = k;
     }
     __syncthreads();
+#define DS4_KEY_AT(i) (cached ? keys[i] : order_key(s[i]))
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        const u32 prefix = s_prefix, mask = s_mask;
+        const u32 prefix = s_prefix, mask = s_mask, rem = s_rem;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const u32 key = order_key(s[i]);
+            const u32 key = DS4_KEY_AT(i);
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1u);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            u32 remaining = s_remaining, above = 0;
-            int b = 255;
-            for (; b > 0; b--) {
-                if (above + hist[b] >= remaining) break;
-                above += hist[b];
+        // Bins from the top: inclusive counts; the bin where `rem` falls.
+        if (threadIdx.x < 256) {
+            const int b = 255 - threadIdx.x;
+            const int v = (int)hist[b];
+            const int incl = warp_incl_scan(v);
+            if (lane == DS4_WARP - 1) wsum[warp] = incl;
+            __syncwarp();
+            // (threads 0..255 are warps 0..7)
+            asm volatile("bar.sync 1, 256;");
+            int before = 0;
+            for (int w = 0; w < warp; w++) before += wsum[w];
+            const int hi = before + incl, lo = hi - v;
+            if ((u32)lo < rem && rem <= (u32)hi) {
+                s_prefix = prefix | ((u32)b << shift);
+                s_mask = mask | (255u << shift);
+                s_rem = rem - (u32)lo;
             }
-            s_remaining = remaining - above;
-            s_prefix = prefix | ((u32)b << shift);
-            s_mask = mask | (255u << shift);
         }
         __syncthreads();
     }
     const u32 thr = s_prefix;
-    const int need_eq = (int)s_remaining;
-    int eq_seen = 0, written = 0;
-    for (int base = 0; base < n; base += blockDim.x) {
-        const int i = base + threadIdx.x;
-        const u32 key = i < n ? order_key(s[i]) : 0;
-        const bool eq = i < n && key == thr;
-        int eq_total;
-        const int eq_rank = eq_seen + block_scan_flags(eq, warp_tot, &eq_total);
-        const bool take = i < n && (key > thr || (eq && eq_rank < need_eq));
-        int take_total;
-        const int at = written + block_scan_flags(take, warp_tot, &take_total);
-        if (take) out[(i64)t * k + at] = i;
-        eq_seen += eq_total;
-        written += take_total;
+    const int need_eq = (int)s_rem;
+    // Each warp owns a contiguous range of indices, scanned 32 at a time.
+    const int per = (n + n_warps - 1) / n_warps;
+    const int i0 = min(n, warp * per), i1 = min(n, i0 + per);
+    int gt = 0, eq = 0;
+    for (int base = i0; base < i1; base += DS4_WARP) {
+        const int i = base + lane;
+        const u32 key = i < i1 ? DS4_KEY_AT(i) : 0;
+        gt += __popc(__ballot_sync(DS4_FULL_MASK, i < i1 && key > thr));
+        eq += __popc(__ballot_sync(DS4_FULL_MASK, i < i1 && key == thr));
     }
+    if (lane == 0) {
+        wsum[warp] = gt;
+        wsum2[warp] = eq;
+    }
+    __syncthreads();
+    int eq_before = 0, taken_before = 0;
+    for (int w = 0; w < warp; w++) eq_before += wsum2[w];
+    for (int w = 0; w < warp; w++) {
+        int eb = 0;
+        for (int v = 0; v < w; v++) eb += wsum2[v];
+        taken_before += wsum[w] + min(max(need_eq - eb, 0), wsum2[w]);
+    }
+    int at = taken_before, eq_seen = eq_before;
+    for (int base = i0; base < i1; base += DS4_WARP) {
+        const int i = base + lane;
+        const u32 key = i < i1 ? DS4_KEY_AT(i) : 0;
+        const bool is_eq = i < i1 && key == thr;
+        const u32 eb = __ballot_sync(DS4_FULL_MASK, is_eq);
+        const u32 lt = (1u << lane) - 1u;
+        const bool take = i < i1 && (key > thr || (is_eq && eq_seen + __popc(eb & lt) < need_eq));
+        const u32 tb = __ballot_sync(DS4_FULL_MASK, take);
+        if (take) out[(i64)t * k + at + __popc(tb & lt)] = i;
+        at += __popc(tb);
+        eq_seen += __popc(eb);
+    }
+#undef DS4_KEY_AT
 }
 
 // Softmax attention with a sink over the raw window and the visible (or
@@ -570,9 +600,10 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     for (int kt = k0; kt < k1; kt += tile) {
         const int nk = min(tile, k1 - kt);
         __syncthreads();
-        for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
-            const int kk = idx / f4, f = idx % f4;
-            *(float4*)(keys + kk * head_dim + 4 * f) = *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+        for (int kk = warp; kk < nk; kk += hpb) {
+            const float4* src = (const float4*)DS4_AKEY(kt + kk);
+            float4* dst = (float4*)(keys + kk * head_dim);
+            for (int f = lane; f < f4; f += DS4_WARP) dst[f] = src[f];
         }
         __syncthreads();
         for (int kk = 0; kk < nk; kk++) {
@@ -603,10 +634,10 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
         const int nk = min(tile, k1 - kt);
         if (reload) {
             __syncthreads();
-            for (int idx = threadIdx.x; idx < nk * f4; idx += blockDim.x) {
-                const int kk = idx / f4, f = idx % f4;
-                *(float4*)(keys + kk * head_dim + 4 * f) =
-                    *(const float4*)(DS4_AKEY(kt + kk) + 4 * f);
+            for (int kk = warp; kk < nk; kk += hpb) {
+                const float4* src = (const float4*)DS4_AKEY(kt + kk);
+                float4* dst = (float4*)(keys + kk * head_dim);
+                for (int f = lane; f < f4; f += DS4_WARP) dst[f] = src[f];
             }
             __syncthreads();
         }

@@ -66,7 +66,7 @@ struct MmaQ8_0 {
     static constexpr bool F16 = false, MINS = false;
     static constexpr int BLK = 32;
     static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn) {
+                                                float* sc, float* mn, const u64* grid) {
         const u16* q = (const u16*)(row + 32 * s + 8 * p);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -85,16 +85,16 @@ struct MmaIQ2XXS {
     static constexpr bool F16 = false, MINS = false;
     static constexpr int BLK = 256;
     static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn) {
+                                                float* sc, float* mn, const u64* grid) {
         const int b = s >> 3, g = s & 7;
         const u8* qs = row + 64 * b + 8 * g;
         const u32 a0 = load_u32_a2(qs), a1 = load_u32_a2(qs + 4);
-        const u64 grid = ds4_iq2xxs_grid[(a0 >> (8 * p)) & 0xff];
+        const u64 gr = grid[(a0 >> (8 * p)) & 0xff];
         const u32 sg = ksigns_iq2xs((a1 >> (7 * p)) & 127);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int k0 = 2 * i, k1 = 2 * i + 1;
-            const int v0 = (int)((grid >> (8 * k0)) & 0xff), v1 = (int)((grid >> (8 * k1)) & 0xff);
+            const int v0 = (int)((gr >> (8 * k0)) & 0xff), v1 = (int)((gr >> (8 * k1)) & 0xff);
             o[i] = pack16(bf16_int(((sg >> k0) & 1) ? -v0 : v0),
                           bf16_int(((sg >> k1) & 1) ? -v1 : v1));
         }
@@ -111,7 +111,7 @@ struct MmaQ2K {
     static constexpr bool F16 = false, MINS = true;
     static constexpr int BLK = 256;
     static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn) {
+                                                float* sc, float* mn, const u64* grid) {
         const int b = s >> 3, e0 = (s & 7) * 32;
         const int h = e0 >> 7, j = (e0 & 127) >> 5;
         const u8* blk = row + 80 * b;
@@ -141,7 +141,7 @@ struct MmaQ4K {
     static constexpr bool F16 = false, MINS = true;
     static constexpr int BLK = 256;
     static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn) {
+                                                float* sc, float* mn, const u64* grid) {
         const int b = s >> 3, sb = s & 7;
         const u8* blk = row + 144 * b;
         const u32 w0 = *(const u32*)(blk + 16 + 32 * (sb >> 1) + 8 * p);
@@ -176,7 +176,7 @@ struct MmaF16 {
     static constexpr bool F16 = true, MINS = false;
     static constexpr int BLK = 1;
     static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn) {
+                                                float* sc, float* mn, const u64* grid) {
         const uint4 v = *(const uint4*)(row + 2 * (32 * s + 8 * p));
         o[0] = v.x;
         o[1] = v.y;
@@ -231,6 +231,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     __shared__ float xsum[MT_N][2];
     __shared__ i64 xoff[MT_N], yoff[MT_N];
     __shared__ int s_len;
+    __shared__ u64 sgrid[256];  // the IQ2_XXS grid (read by that format only)
 
     const int tid = threadIdx.x;
     const int row0 = blockIdx.x * MT_M;
@@ -253,6 +254,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         yoff[tid] = (i64)it * J.y_stride;
     }
     if (tid == 0) s_len = len;
+    sgrid[tid] = ds4_iq2xxs_grid[tid];
     const u8* base = J.w + (u64)mat * J.mat_bytes;
     const int B = J.row_len / Fmt::BLK;
     const int warp = tid / DS4_WARP, lane = tid % DS4_WARP;
@@ -276,7 +278,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             const int r = task >> 2, p = task & 3;
             const int rr = min(row0 + r, J.n_rows - 1);
             u32 o[4];
-            Fmt::load(base + (u64)rr * J.row_bytes, B, s, p, o, wsc[r], wmn[r]);
+            Fmt::load(base + (u64)rr * J.row_bytes, B, s, p, o, wsc[r], wmn[r], sgrid);
             *(uint4*)(wq + r * MT_LD + 8 * p) = make_uint4(o[0], o[1], o[2], o[3]);
         }
         // Activations: 64 items x 4 parts of 8, one per thread, split in three.
@@ -378,7 +380,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
 }
 
 #define DS4_GEMM(NAME, FMT)                                                               \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const GemmJobs js) {          \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const GemmJobs js) {       \
         gemm_mma_impl<FMT>(js.j[blockIdx.z]);                                            \
     }
 

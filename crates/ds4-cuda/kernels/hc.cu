@@ -93,20 +93,17 @@ __device__ void hc_mix_token(const float* mt, const float* __restrict__ scale,
     for (int h = 0; h < n; h++) pre[h] = sigmoidf_ref(mt[h] * scale[0] + base[h]) + eps;
 }
 
-// The same mix computed by one warp, lane i*n + j owning comb[i][j]
-// (n*n <= 32): every sum still runs in the CPU's order (shuffles gather
-// the row or column in index order), so the results are bit-identical to
-// hc_mix_token, with 2 divisions per lane per iteration instead of 2n^2.
+// The Sinkhorn part of the mix by one warp, lane i*n + j owning
+// comb[i][j] (n*n <= 32; the caller computes post and pre): every sum still
+// runs in the CPU's order (shuffles gather the row or column in index
+// order), so the results are bit-identical to hc_mix_token, with 2
+// divisions per lane per iteration instead of 2n^2.
 __device__ void hc_mix_warp(const float* mt, const float* __restrict__ scale,
-                            const float* __restrict__ base, float* out, float* pre, int n,
-                            int iters, float eps) {
+                            const float* __restrict__ base, float* out, int n, int iters,
+                            float eps) {
     const int lane = threadIdx.x % DS4_WARP;
     const int i = lane / n, j = lane % n;
     const bool active = lane < n * n;
-    if (lane < n) {
-        out[lane] = 2.0f * sigmoidf_ref(mt[n + lane] * scale[1] + base[n + lane]);
-        pre[lane] = sigmoidf_ref(mt[lane] * scale[0] + base[lane]) + eps;
-    }
     const float v = active ? mt[2 * n + lane] * scale[2] + base[2 * n + lane] : 0.0f;
     float mx = -DS4_INF;
     for (int jj = 0; jj < n; jj++) mx = fmaxf(mx, __shfl_sync(DS4_FULL_MASK, v, i * n + jj));
@@ -169,6 +166,47 @@ extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __res
     }
 }
 
+// hc_dots for a batch: a block takes 8 tokens and one split, with their x
+// slices in shared memory, so every weight load serves 8 tokens (the
+// per-token kernel would launch tokens x rows x splits tiny blocks). Same
+// outputs (part, ss) and layout as hc_dots. Grid (ceil(T / 8), splits).
+extern "C" __global__ void hc_dots_batch(const u8* __restrict__ fn, const float* __restrict__ x,
+                                         int width, int n_rows, int n_splits, int n_tokens,
+                                         float* __restrict__ part, double* __restrict__ ss) {
+    extern __shared__ float xs[];  // 8 x len
+    const int tb = blockIdx.x * 8, sp = blockIdx.y;
+    const int len = width / n_splits, k0 = sp * len;
+    const int nt = min(8, n_tokens - tb);
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    for (int idx = threadIdx.x; idx < 8 * len; idx += blockDim.x) {
+        const int tok = idx / len, i = idx % len;
+        xs[idx] = tok < nt ? x[(i64)(tb + tok) * width + k0 + i] : 0.0f;
+    }
+    __syncthreads();
+    if (warp < nt) {
+        double q = 0.0;
+        for (int i = lane; i < len; i += DS4_WARP) q += (double)xs[warp * len + i] * (double)xs[warp * len + i];
+        for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(DS4_FULL_MASK, q, o);
+        if (lane == 0) ss[(i64)(tb + warp) * n_splits + sp] = q;
+    }
+    for (int row = warp; row < n_rows; row += blockDim.x / DS4_WARP) {
+        float acc[8];
+#pragma unroll
+        for (int tok = 0; tok < 8; tok++) acc[tok] = 0.0f;
+        const u8* w = fn + ((i64)row * width + k0) * 2;
+        for (int i = lane; i < len; i += DS4_WARP) {
+            const float wv = load_f16(w + 2 * i);
+#pragma unroll
+            for (int tok = 0; tok < 8; tok++) acc[tok] = fmaf(wv, xs[tok * len + i], acc[tok]);
+        }
+#pragma unroll
+        for (int tok = 0; tok < 8; tok++) {
+            const float v = warp_sum(acc[tok]);
+            if (lane == 0 && tok < nt) part[((i64)(tb + tok) * n_rows + row) * n_splits + sp] = v;
+        }
+    }
+}
+
 // The mix values of a token from hc_dots' partials: m[row] = inv_rms *
 // sum over splits (in order). Runs in a block (>= rows * splits threads
 // load the partials at once); m goes to shared memory.
@@ -190,11 +228,14 @@ __device__ void hc_values(const float* __restrict__ part, const double* __restri
     __syncthreads();
 }
 
-// y[i] = sum_h a[h] * x[stream h][i], h in order, 4 values per thread.
+// y[i] = sum_h a[h] * x[stream h][i], h in order, 4 values per thread, by
+// threads [t0, t0 + nt) of the block.
 __device__ __forceinline__ void hc_weighted(const float* a, const float* __restrict__ xt,
-                                            float* __restrict__ y, int d, int n) {
+                                            float* __restrict__ y, int d, int n, int t0, int nt) {
+    const int me = (int)threadIdx.x - t0;
+    if (me < 0) return;
     if ((d & 3) == 0 && (((u64)xt | (u64)y) & 15) == 0) {
-        for (int i = threadIdx.x; i < d / 4; i += blockDim.x) {
+        for (int i = me; i < d / 4; i += nt) {
             float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int h = 0; h < n; h++) {
                 const float4 v = ((const float4*)(xt + (i64)h * d))[i];
@@ -207,7 +248,7 @@ __device__ __forceinline__ void hc_weighted(const float* a, const float* __restr
         }
         return;
     }
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    for (int i = me; i < d; i += nt) {
         float acc = 0.0f;
         for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
         y[i] = acc;
@@ -230,14 +271,29 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
     const int t = blockIdx.x;
     const int n_mix = 2 * n + n * n;
     hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m, pbuf, sbuf);
-    if (n * n <= DS4_WARP) {
-        if (threadIdx.x < DS4_WARP) hc_mix_warp(m, scale, base, mixs, pre, n, iters, hc_eps);
-    } else if (threadIdx.x == 0) {
-        hc_mix_token(m, scale, base, mixs, pre, n, iters, hc_eps);
+    const bool warp_mix = n * n <= DS4_WARP && blockDim.x > DS4_WARP;
+    if (warp_mix) {
+        // pre and post first; then warp 0 runs Sinkhorn while the other
+        // warps form y.
+        if (threadIdx.x < n) {
+            const int h = threadIdx.x;
+            mixs[h] = 2.0f * sigmoidf_ref(m[n + h] * scale[1] + base[n + h]);
+            pre[h] = sigmoidf_ref(m[h] * scale[0] + base[h]) + hc_eps;
+        }
+        __syncthreads();
+        if (threadIdx.x < DS4_WARP) {
+            hc_mix_warp(m, scale, base, mixs, n, iters, hc_eps);
+        } else {
+            hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, DS4_WARP,
+                        blockDim.x - DS4_WARP);
+        }
+        __syncthreads();
+    } else {
+        if (threadIdx.x == 0) hc_mix_token(m, scale, base, mixs, pre, n, iters, hc_eps);
+        __syncthreads();
+        hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, 0, blockDim.x);
     }
-    __syncthreads();
     for (int k = threadIdx.x; k < n + n * n; k += blockDim.x) mix[(i64)t * (n + n * n) + k] = mixs[k];
-    hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n);
 }
 
 // The output head's pre-norm of one token per block: stream weights
@@ -260,7 +316,7 @@ extern "C" __global__ void head_finish(const float* __restrict__ part,
     if (threadIdx.x < n) a[threadIdx.x] = sigmoidf_ref(m[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
     __syncthreads();
     float* zt = z + (i64)t * d;
-    hc_weighted(a, x + (i64)t * x_stride, zt, d, n);
+    hc_weighted(a, x + (i64)t * x_stride, zt, d, n, 0, blockDim.x);
     __syncthreads();
     double q = 0.0;
     for (int i = threadIdx.x; i < d; i += blockDim.x) q += (double)zt[i] * (double)zt[i];

@@ -238,29 +238,62 @@ DS4_GENERIC_FMT(GenQ2K, deq_q2_k, 256)
 DS4_GENERIC_FMT(GenQ4K, deq_q4_k, 256)
 DS4_GENERIC_FMT(GenIQ2XXS, deq_iq2_xxs, 256)
 
-// Q8_0: a chunk is 16 values (half a block).
+// Q8_0: a chunk is 16 values (half a block). Two chunks per step, all
+// loads issued before the arithmetic.
 struct FastQ8_0 {
     static constexpr int BLK = 32;
+    template <int R>
+    static __device__ __forceinline__ void one(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int B, int c,
+                                               float* acc) {
+        const float* xc = x + 16 * c;
+        const float4 x0 = ldx4(xc), x1 = ldx4(xc + 4), x2 = ldx4(xc + 8), x3 = ldx4(xc + 12);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
+            const float d = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+            float s = dot4_i8(q.x, x0, 0.0f);
+            s = dot4_i8(q.y, x1, s);
+            s = dot4_i8(q.z, x2, s);
+            s = dot4_i8(q.w, x3, s);
+            acc[r] = fmaf(d, s, acc[r]);
+        }
+    }
     template <int R>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
         const int n = row_len >> 4;
-#pragma unroll 2
-        for (int c = c0; c < n; c += cstep) {
-            const float* xc = x + 16 * c;
-            const float4 x0 = ldx4(xc), x1 = ldx4(xc + 4), x2 = ldx4(xc + 8), x3 = ldx4(xc + 12);
+        int c = c0;
+        for (; c + cstep < n; c += 2 * cstep) {
+            uint4 qa[R], qb[R];
+            float da[R], db[R];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
-                const float d = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
-                float s = dot4_i8(q.x, x0, 0.0f);
-                s = dot4_i8(q.y, x1, s);
-                s = dot4_i8(q.z, x2, s);
-                s = dot4_i8(q.w, x3, s);
-                acc[r] = fmaf(d, s, acc[r]);
+                qa[r] = ld_stream16(DS4_ROW(r) + 16 * c);
+                qb[r] = ld_stream16(DS4_ROW(r) + 16 * (c + cstep));
+                da[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+                db[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * ((c + cstep) >> 1)));
+            }
+            const float* xa = x + 16 * c;
+            const float* xb = x + 16 * (c + cstep);
+            const float4 a0 = ldx4(xa), a1 = ldx4(xa + 4), a2 = ldx4(xa + 8), a3 = ldx4(xa + 12);
+            const float4 b0 = ldx4(xb), b1 = ldx4(xb + 4), b2 = ldx4(xb + 8), b3 = ldx4(xb + 12);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = dot4_i8(qa[r].x, a0, 0.0f);
+                s = dot4_i8(qa[r].y, a1, s);
+                s = dot4_i8(qa[r].z, a2, s);
+                s = dot4_i8(qa[r].w, a3, s);
+                acc[r] = fmaf(da[r], s, acc[r]);
+                float t = dot4_i8(qb[r].x, b0, 0.0f);
+                t = dot4_i8(qb[r].y, b1, t);
+                t = dot4_i8(qb[r].z, b2, t);
+                t = dot4_i8(qb[r].w, b3, t);
+                acc[r] = fmaf(db[r], t, acc[r]);
             }
         }
+        if (c < n) one<R>(r0, rb, rmax, x, B, c, acc);
     }
 };
 
@@ -294,54 +327,48 @@ struct FastF16 {
 };
 
 // IQ2_XXS group of 32 values (8 bytes: a0 = 4 grid indices, a1 = 4 sign
-// indices + scale): sum over the group of w * x, scaled once by db. `gf` is
-// the grid as floats in shared memory (256 x 8), so a grid row is two
-// 16-byte loads and each value one sign select and one FMA.
+// indices + scale): sum over the group of w * x, scaled once by db. The
+// grid rows come from shared memory (2 KB, one 8-byte load per 8 values).
 __device__ __forceinline__ float iq2_group(u32 a0, u32 a1, float d, const float* __restrict__ x,
-                                           const float* gf) {
+                                           const u64* grid) {
     const float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
     float s = 0.0f;
 #pragma unroll
     for (int l = 0; l < 4; l++) {
-        const float* g = gf + 8 * ((a0 >> (8 * l)) & 0xff);
-        const float4 ga = *(const float4*)g, gb = *(const float4*)(g + 4);
+        const u64 g = grid[(a0 >> (8 * l)) & 0xff];
         const u32 sg = ksigns_iq2xs((a1 >> (7 * l)) & 127);
+        const u32 lo = (u32)g, hi = (u32)(g >> 32);
         const float4 xa = ldx4(x + 8 * l), xb = ldx4(x + 8 * l + 4);
-        s = fmaf((sg & 1) ? -ga.x : ga.x, xa.x, s);
-        s = fmaf((sg & 2) ? -ga.y : ga.y, xa.y, s);
-        s = fmaf((sg & 4) ? -ga.z : ga.z, xa.z, s);
-        s = fmaf((sg & 8) ? -ga.w : ga.w, xa.w, s);
-        s = fmaf((sg & 16) ? -gb.x : gb.x, xb.x, s);
-        s = fmaf((sg & 32) ? -gb.y : gb.y, xb.y, s);
-        s = fmaf((sg & 64) ? -gb.z : gb.z, xb.z, s);
-        s = fmaf((sg & 128) ? -gb.w : gb.w, xb.w, s);
+        s = fmaf((sg & 1) ? -DS4_BYTE_F(lo, 0) : DS4_BYTE_F(lo, 0), xa.x, s);
+        s = fmaf((sg & 2) ? -DS4_BYTE_F(lo, 1) : DS4_BYTE_F(lo, 1), xa.y, s);
+        s = fmaf((sg & 4) ? -DS4_BYTE_F(lo, 2) : DS4_BYTE_F(lo, 2), xa.z, s);
+        s = fmaf((sg & 8) ? -DS4_BYTE_F(lo, 3) : DS4_BYTE_F(lo, 3), xa.w, s);
+        s = fmaf((sg & 16) ? -DS4_BYTE_F(hi, 0) : DS4_BYTE_F(hi, 0), xb.x, s);
+        s = fmaf((sg & 32) ? -DS4_BYTE_F(hi, 1) : DS4_BYTE_F(hi, 1), xb.y, s);
+        s = fmaf((sg & 64) ? -DS4_BYTE_F(hi, 2) : DS4_BYTE_F(hi, 2), xb.z, s);
+        s = fmaf((sg & 128) ? -DS4_BYTE_F(hi, 3) : DS4_BYTE_F(hi, 3), xb.w, s);
     }
     return db * s;
 }
 
-// IQ2_XXS: a chunk is 16 bytes = 2 groups = 64 values.
+// IQ2_XXS: a chunk is one group, 8 bytes = 32 values.
 struct FastIQ2XXS {
     static constexpr int BLK = 256;
     template <int R>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
-        const int n = row_len >> 6;
+        const int n = row_len >> 5;
         for (int c = c0; c < n; c += cstep) {
-            uint4 q[R];
+            uint2 q[R];
             float d[R];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                q[r] = ld_stream16(DS4_ROW(r) + 16 * c);
-                d[r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 2)));
+                q[r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * c));
+                d[r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 3)));
             }
-            const float* xc = x + 64 * c;
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                const float* gf = (const float*)grid;
-                acc[r] += iq2_group(q[r].x, q[r].y, d[r], xc, gf);
-                acc[r] += iq2_group(q[r].z, q[r].w, d[r], xc + 32, gf);
-            }
+            for (int r = 0; r < R; r++) acc[r] += iq2_group(q[r].x, q[r].y, d[r], x + 32 * c, grid);
         }
     }
 };
@@ -487,15 +514,13 @@ DS4_GEMV(gemv_any_q4_k, GenQ4K, 1)
 DS4_GEMV(gemv_any_iq2_xxs, GenIQ2XXS, 1)
 DS4_GEMV(gemv_q8_0, FastQ8_0, 2)
 DS4_GEMV(gemv_f16, FastF16, 1)
-DS4_GEMV(gemv_q2_k, FastQ2K, 4)
+DS4_GEMV(gemv_q2_k, FastQ2K, 2)
 
-extern "C" __global__ void __launch_bounds__(256) gemv_iq2_xxs(const MatJobs js) {
-    __shared__ __align__(16) float gridf[256 * 8];
-    const u64 g = ds4_iq2xxs_grid[threadIdx.x];
-#pragma unroll
-    for (int k = 0; k < 8; k++) gridf[8 * threadIdx.x + k] = (float)((g >> (8 * k)) & 0xff);
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
+    __shared__ u64 grid[256];
+    grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
     __syncthreads();
-    gemv_impl<FastIQ2XXS, 4>(js, (const u64*)gridf);
+    gemv_impl<FastIQ2XXS, 2>(js, grid);
 }
 
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).

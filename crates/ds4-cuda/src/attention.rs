@@ -350,9 +350,12 @@ impl CudaBackend {
                 "indexer of {heads} heads x {id} (at most 64 x 128)"
             )));
         }
+        // Rows per block: 8 (one per warp) for a decode step, so a few
+        // hundred rows still spread over the SMs; 64 for batches.
+        let rpb = if t < 4 { 8 } else { 64 };
         self.gpu.launch(
             "index_scores",
-            ((visible_last as u32).div_ceil(64), t as u32, 1),
+            ((visible_last as u32).div_ceil(rpb), t as u32, 1),
             BLOCK,
             ((heads * 129 + heads + 8 * 128) * 4) as u32,
             &[
@@ -366,6 +369,7 @@ impl CudaBackend {
                 Arg::F32(scale),
                 Arg::I32(pos0 as i32),
                 Arg::I32(rows.ratio as i32),
+                Arg::I32(rpb as i32),
             ],
         )?;
         // Rows of tokens that need no selection are never written: zero them
@@ -375,11 +379,13 @@ impl CudaBackend {
         } else {
             self.gpu.buf::<i32>(t * k)?
         };
+        // The keys stay in shared memory when they fit (up to ~50K rows).
+        let cached = visible_last * 4 <= 200 * 1024;
         self.gpu.launch(
             "topk_select",
             (t as u32, 1, 1),
-            512,
-            0,
+            1024,
+            if cached { (visible_last * 4) as u32 } else { 0 },
             &[
                 Arg::Ptr(self.gpu.ptr(&sel)),
                 Arg::Ptr(self.gpu.ptr(&scores)),
@@ -387,6 +393,7 @@ impl CudaBackend {
                 Arg::I32(k as i32),
                 Arg::I32(pos0 as i32),
                 Arg::I32(rows.ratio as i32),
+                Arg::I32(cached as i32),
             ],
         )?;
         selection.sel = Some(sel);

@@ -63,21 +63,41 @@ impl CudaBackend {
         }
         let part = self.gpu.buf::<f32>(rows * n_rows * splits)?;
         let ss = self.gpu.buf::<f64>(rows * splits)?;
-        self.gpu.launch(
-            "hc_dots",
-            (n_rows as u32, splits as u32, rows as u32),
-            BLOCK,
-            0,
-            &[
-                Arg::Ptr(self.addr(func)?),
-                Arg::Ptr(x),
-                Arg::I32(width as i32),
-                Arg::I32(n_rows as i32),
-                Arg::I32(splits as i32),
-                Arg::Ptr(self.gpu.ptr(&part)),
-                Arg::Ptr(self.gpu.ptr(&ss)),
-            ],
-        )?;
+        if rows >= 8 {
+            let len = width / splits;
+            self.gpu.launch(
+                "hc_dots_batch",
+                (rows.div_ceil(8) as u32, splits as u32, 1),
+                BLOCK,
+                (8 * len * 4) as u32,
+                &[
+                    Arg::Ptr(self.addr(func)?),
+                    Arg::Ptr(x),
+                    Arg::I32(width as i32),
+                    Arg::I32(n_rows as i32),
+                    Arg::I32(splits as i32),
+                    Arg::I32(rows as i32),
+                    Arg::Ptr(self.gpu.ptr(&part)),
+                    Arg::Ptr(self.gpu.ptr(&ss)),
+                ],
+            )?;
+        } else {
+            self.gpu.launch(
+                "hc_dots",
+                (n_rows as u32, splits as u32, rows as u32),
+                BLOCK,
+                0,
+                &[
+                    Arg::Ptr(self.addr(func)?),
+                    Arg::Ptr(x),
+                    Arg::I32(width as i32),
+                    Arg::I32(n_rows as i32),
+                    Arg::I32(splits as i32),
+                    Arg::Ptr(self.gpu.ptr(&part)),
+                    Arg::Ptr(self.gpu.ptr(&ss)),
+                ],
+            )?;
+        }
         Ok((part, ss, splits))
     }
 

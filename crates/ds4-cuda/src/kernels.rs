@@ -55,6 +55,7 @@ pub const KERNELS: &[&str] = &[
     "embed_f16",
     "rms_norm",
     "hc_dots",
+    "hc_dots_batch",
     "hc_pre_finish",
     "head_finish",
     "hc_post",
