@@ -281,7 +281,10 @@ impl Gpu {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
-            )?;
+            )
+            .map_err(|e| {
+                CudaError::Invalid(format!("{name}: {smem} bytes of shared memory: {e:?}"))
+            })?;
         }
         if grid.1 > 65_535 || grid.2 > 65_535 {
             return Err(CudaError::Invalid(format!(
@@ -310,7 +313,11 @@ impl Gpu {
             // C signature, with device pointers to live buffers large enough
             // for the launch (checked by the stage code that computes the
             // shapes).
-            unsafe { b.launch(cfg) }?;
+            unsafe { b.launch(cfg) }.map_err(|e| {
+                CudaError::Invalid(format!(
+                    "launch {name} grid {grid:?} block {block} smem {smem}: {e:?}"
+                ))
+            })?;
             Ok(())
         })
     }
@@ -344,7 +351,9 @@ impl Gpu {
             // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
             // parameter, whose device pointers the caller built from live
             // buffers sized for the launch.
-            unsafe { b.launch(cfg) }?;
+            unsafe { b.launch(cfg) }.map_err(|e| {
+                CudaError::Invalid(format!("launch {name} grid {grid:?} block {block}: {e:?}"))
+            })?;
             Ok(())
         })
     }
@@ -389,7 +398,12 @@ impl Gpu {
     pub fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the contents are unspecified until written; every caller
         // fully overwrites the buffer before reading it.
-        Ok(unsafe { self.stream.alloc::<T>(n.max(1)) }?)
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
+            CudaError::Invalid(format!(
+                "allocating {n} elements of {} bytes: {e:?}",
+                std::mem::size_of::<T>()
+            ))
+        })
     }
 
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {

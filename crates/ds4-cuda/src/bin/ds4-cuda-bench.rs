@@ -233,45 +233,36 @@ fn cmd_run(args: &[String]) -> Result<()> {
     let mut done = 0usize;
     let mut last_tps: Option<f64> = None;
     for &f in &o.ctx {
-        let n_new = f - done;
-        if let Some(tps) = last_tps {
-            // Attention grows with the context: assume 1.5x slower.
-            let est = n_new as f64 / tps * 1.5;
-            if t_start.elapsed().as_secs_f64() + est > o.deadline_s {
-                println!(
+        let mut frontier = || -> Result<bool> {
+            let n_new = f - done;
+            if let Some(tps) = last_tps {
+                // Attention grows with the context: assume 1.5x slower.
+                let est = n_new as f64 / tps * 1.5;
+                if t_start.elapsed().as_secs_f64() + est > o.deadline_s {
+                    println!(
                     "frontier {f}: skipped (estimated {est:.0} s of prefill exceeds the deadline)"
                 );
-                let _ = writeln!(breakdown, "frontier {f}: skipped (deadline)");
-                break;
+                    let _ = writeln!(breakdown, "frontier {f}: skipped (deadline)");
+                    return Ok(false);
+                }
             }
-        }
-        // Prefill.
-        let t = Instant::now();
-        let logits = forward_chunked(
-            &b,
-            &model.weights,
-            &mut kv,
-            &prompt[done..f],
-            o.chunk,
-            false,
-        )?;
-        let prefill_s = t.elapsed().as_secs_f64();
-        let prefill_tps = n_new as f64 / prefill_s;
-        last_tps = Some(prefill_tps);
-        done = f;
-        let point = b.kv_export(&kv, Export::RewindPoint)?;
-        // Decode: warm-up step, then `gen` timed steps.
-        let mut next = argmax(&logits);
-        next = argmax(&forward(
-            &b,
-            &model.weights,
-            &mut kv,
-            &[next],
-            Logits::Last,
-        )?);
-        let mut steps = Vec::with_capacity(o.gen);
-        for _ in 0..o.gen {
+            // Prefill.
             let t = Instant::now();
+            let logits = forward_chunked(
+                &b,
+                &model.weights,
+                &mut kv,
+                &prompt[done..f],
+                o.chunk,
+                false,
+            )?;
+            let prefill_s = t.elapsed().as_secs_f64();
+            let prefill_tps = n_new as f64 / prefill_s;
+            last_tps = Some(prefill_tps);
+            done = f;
+            let point = b.kv_export(&kv, Export::RewindPoint)?;
+            // Decode: warm-up step, then `gen` timed steps.
+            let mut next = argmax(&logits);
             next = argmax(&forward(
                 &b,
                 &model.weights,
@@ -279,70 +270,91 @@ fn cmd_run(args: &[String]) -> Result<()> {
                 &[next],
                 Logits::Last,
             )?);
-            steps.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let step_ms = median(&mut steps);
-        let gen_tps = 1e3 / step_ms;
-        // GPU time of one step: the stream held until the step is queued.
-        gate(&b, 30_000_000)?;
-        let (r, span) = b
-            .gpu()
-            .span(|| forward(&b, &model.weights, &mut kv, &[next], Logits::Last))?;
-        next = argmax(&r?);
-        let gpu_ms = f64::from(span.ms()?);
-        // Per-stage and per-kernel breakdown of one step, likewise gated.
-        gate(&b, 30_000_000)?;
-        timed.on.set(true);
-        b.gpu().profile_start();
-        let pos = b.kv_len(&kv);
-        let r = forward(&timed, &model.weights, &mut kv, &[next], Logits::Last);
-        timed.on.set(false);
-        r?;
-        let kernels = b.gpu().profile_take()?;
-        let times = timed.take()?;
-        b.kv_rewind(&mut kv, &point)?;
-        // One prefill chunk at this frontier, per stage and per kernel.
-        let piece: Vec<u32> = (0..o.chunk as u64)
-            .map(|i| ((i.wrapping_mul(40_503) >> 3) % u64::from(vocab)) as u32)
-            .collect();
-        timed.on.set(true);
-        b.gpu().profile_start();
-        let t = Instant::now();
-        let r = forward(&timed, &model.weights, &mut kv, &piece, Logits::Last);
-        timed.on.set(false);
-        r?;
-        let chunk_s = t.elapsed().as_secs_f64();
-        let pkernels = b.gpu().profile_take()?;
-        let ptimes = timed.take()?;
-        b.kv_rewind(&mut kv, &point)?;
-        let kv_bytes = b.kv_bytes(&kv);
-        let frac = gen_tps / bound;
-        println!(
+            let mut steps = Vec::with_capacity(o.gen);
+            for _ in 0..o.gen {
+                let t = Instant::now();
+                next = argmax(&forward(
+                    &b,
+                    &model.weights,
+                    &mut kv,
+                    &[next],
+                    Logits::Last,
+                )?);
+                steps.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let step_ms = median(&mut steps);
+            let gen_tps = 1e3 / step_ms;
+            // GPU time of one step: the stream held until the step is queued.
+            gate(&b, 30_000_000)?;
+            let (r, span) = b
+                .gpu()
+                .span(|| forward(&b, &model.weights, &mut kv, &[next], Logits::Last))?;
+            next = argmax(&r?);
+            let gpu_ms = f64::from(span.ms()?);
+            // Per-stage and per-kernel breakdown of one step, likewise gated.
+            gate(&b, 30_000_000)?;
+            timed.on.set(true);
+            b.gpu().profile_start();
+            let pos = b.kv_len(&kv);
+            let r = forward(&timed, &model.weights, &mut kv, &[next], Logits::Last);
+            timed.on.set(false);
+            r?;
+            let kernels = b.gpu().profile_take()?;
+            let times = timed.take()?;
+            b.kv_rewind(&mut kv, &point)?;
+            // One prefill chunk at this frontier, per stage and per kernel.
+            let piece: Vec<u32> = (0..o.chunk as u64)
+                .map(|i| ((i.wrapping_mul(40_503) >> 3) % u64::from(vocab)) as u32)
+                .collect();
+            timed.on.set(true);
+            b.gpu().profile_start();
+            let t = Instant::now();
+            let r = forward(&timed, &model.weights, &mut kv, &piece, Logits::Last);
+            timed.on.set(false);
+            r?;
+            let chunk_s = t.elapsed().as_secs_f64();
+            let pkernels = b.gpu().profile_take()?;
+            let ptimes = timed.take()?;
+            b.kv_rewind(&mut kv, &point)?;
+            let kv_bytes = b.kv_bytes(&kv);
+            let frac = gen_tps / bound;
+            println!(
             "ctx {f}: prefill {n_new} tokens in {prefill_s:.2} s = {prefill_tps:.1} tok/s; decode {step_ms:.3} ms/token = {gen_tps:.1} tok/s ({:.1}% of the {bound:.1} tok/s bound); GPU time of a gated step {gpu_ms:.3} ms",
             100.0 * frac
         );
-        let _ = writeln!(
+            let _ = writeln!(
             csv,
             "{},{f},{n_new},{prefill_tps:.2},{},{gen_tps:.2},{kv_bytes},{step_ms:.4},{gpu_ms:.4},{bytes_tok},{copy_gbs:.1},{bound:.2},{frac:.4}",
             info.name, o.gen
         );
-        let table = stage_table(
-            &times,
-            &decode_stage_bytes(&model.weights, &cfg, pos),
-            gpu_ms,
-            step_ms,
-        );
-        let ktable = kernel_table(&kernels, 30);
-        let ptable = prefill_table(&ptimes, o.chunk);
-        let pktable = kernel_table(&pkernels, 20);
-        let _ = writeln!(
+            let table = stage_table(
+                &times,
+                &decode_stage_bytes(&model.weights, &cfg, pos),
+                gpu_ms,
+                step_ms,
+            );
+            let ktable = kernel_table(&kernels, 30);
+            let ptable = prefill_table(&ptimes, o.chunk);
+            let pktable = kernel_table(&pkernels, 20);
+            let _ = writeln!(
             breakdown,
             "\n## ctx {f}: decode {step_ms:.3} ms/token wall ({gen_tps:.1} tok/s, {:.1}% of bound), gated GPU step {gpu_ms:.3} ms; prefill {prefill_tps:.1} tok/s\n\n### decode step, per stage\n\n{table}\n### decode step, per kernel (events around every launch)\n\n{ktable}\n### one prefill chunk of {} tokens at {f} ({chunk_s:.3} s wall with events = {:.1} tok/s), per stage\n\n{ptable}\n### that chunk, per kernel\n\n{pktable}",
             100.0 * frac,
             o.chunk,
             o.chunk as f64 / chunk_s
         );
-        println!("{table}\n{ktable}\n{ptable}\n{pktable}");
+            println!("{table}\n{ktable}\n{ptable}\n{pktable}");
+            Ok(true)
+        };
+        match frontier() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                println!("frontier {f}: failed: {e:#}");
+                let _ = writeln!(breakdown, "\nfrontier {f}: failed: {e:#}");
+                break;
+            }
+        }
     }
     if let Some(p) = &o.csv {
         std::fs::write(p, &csv).with_context(|| format!("writing {}", p.display()))?;
