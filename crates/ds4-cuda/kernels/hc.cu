@@ -105,28 +105,23 @@ __device__ void hc_mix_warp(const float* mt, const float* __restrict__ scale,
     const int i = lane / n, j = lane % n;
     const bool active = lane < n * n;
     const float v = active ? mt[2 * n + lane] * scale[2] + base[2 * n + lane] : 0.0f;
-    // Gather a row (or column) with independent shuffles, then add in
-    // index order: the same sums as hc_mix_token, without a shuffle chain.
-    float g[8];
-    auto row_sum = [&](float val) {
-        for (int jj = 0; jj < n; jj++) g[jj] = __shfl_sync(DS4_FULL_MASK, val, i * n + jj);
-        float s = 0.0f;
-        for (int jj = 0; jj < n; jj++) s += g[jj];
-        return s;
-    };
-    auto col_sum = [&](float val) {
-        for (int ii = 0; ii < n; ii++) g[ii] = __shfl_sync(DS4_FULL_MASK, val, ii * n + j);
-        float s = 0.0f;
-        for (int ii = 0; ii < n; ii++) s += g[ii];
-        return s;
-    };
     float mx = -DS4_INF;
     for (int jj = 0; jj < n; jj++) mx = fmaxf(mx, __shfl_sync(DS4_FULL_MASK, v, i * n + jj));
     const float e = expf(v - mx);
-    float c = e / row_sum(e) + eps;
+    float sum = 0.0f;
+    for (int jj = 0; jj < n; jj++) sum += __shfl_sync(DS4_FULL_MASK, e, i * n + jj);
+    float c = e / sum + eps;
     for (int it = 0; it < iters; it++) {
-        if (it > 0) c /= row_sum(c) + eps;
-        c /= col_sum(c) + eps;
+        if (it > 0) {
+            float s = 0.0f;
+            for (int jj = 0; jj < n; jj++) s += __shfl_sync(DS4_FULL_MASK, c, i * n + jj);
+            s += eps;
+            c /= s;
+        }
+        float s = 0.0f;
+        for (int ii = 0; ii < n; ii++) s += __shfl_sync(DS4_FULL_MASK, c, ii * n + j);
+        s += eps;
+        c /= s;
     }
     if (active) out[n + lane] = c;
 }

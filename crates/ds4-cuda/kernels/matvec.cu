@@ -238,50 +238,62 @@ DS4_GENERIC_FMT(GenQ2K, deq_q2_k, 256)
 DS4_GENERIC_FMT(GenQ4K, deq_q4_k, 256)
 DS4_GENERIC_FMT(GenIQ2XXS, deq_iq2_xxs, 256)
 
-// Q8_0, "step" mapping: a chunk is 128 values and lane l takes values
-// 4l..4l+3 of it, so every load instruction of the warp reads one
-// contiguous run of x (512 bytes) and of weights (128 bytes per row).
-// Four chunks per iteration, all loads issued before the arithmetic.
+// Q8_0: a chunk is 16 values (half a block). Two chunks per step, all
+// loads issued before the arithmetic.
 struct FastQ8_0 {
     static constexpr int BLK = 32;
+    template <int R>
+    static __device__ __forceinline__ void one(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int B, int c,
+                                               float* acc) {
+        const float* xc = x + 16 * c;
+        const float4 x0 = ldx4(xc), x1 = ldx4(xc + 4), x2 = ldx4(xc + 8), x3 = ldx4(xc + 12);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
+            const float d = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+            float s = dot4_i8(q.x, x0, 0.0f);
+            s = dot4_i8(q.y, x1, s);
+            s = dot4_i8(q.z, x2, s);
+            s = dot4_i8(q.w, x3, s);
+            acc[r] = fmaf(d, s, acc[r]);
+        }
+    }
     template <int R>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
-        const int n = row_len >> 7;
-        const int lane = threadIdx.x % DS4_WARP;
-        const int chunk0 = c0 / DS4_WARP, cs = cstep / DS4_WARP;
-        int c = chunk0;
-        for (; c + 3 * cs < n; c += 4 * cs) {
-            u32 q[4][R];
-            u16 d[4][R];
-            float4 xv[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int e = 128 * (c + u * cs) + 4 * lane;
-                xv[u] = ldx4(x + e);
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    q[u][r] = ld_nc_u32(DS4_ROW(r) + e);
-                    d[u][r] = ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (e >> 5));
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    acc[r] = fmaf(h2f(d[u][r]), dot4_i8(q[u][r], xv[u], 0.0f), acc[r]);
-        }
-        for (; c < n; c += cs) {
-            const int e = 128 * c + 4 * lane;
-            const float4 xv = ldx4(x + e);
+        const int n = row_len >> 4;
+        int c = c0;
+        for (; c + cstep < n; c += 2 * cstep) {
+            uint4 qa[R], qb[R];
+            float da[R], db[R];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                const u32 q = ld_nc_u32(DS4_ROW(r) + e);
-                const float d = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (e >> 5)));
-                acc[r] = fmaf(d, dot4_i8(q, xv, 0.0f), acc[r]);
+                qa[r] = ld_stream16(DS4_ROW(r) + 16 * c);
+                qb[r] = ld_stream16(DS4_ROW(r) + 16 * (c + cstep));
+                da[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+                db[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * ((c + cstep) >> 1)));
+            }
+            const float* xa = x + 16 * c;
+            const float* xb = x + 16 * (c + cstep);
+            const float4 a0 = ldx4(xa), a1 = ldx4(xa + 4), a2 = ldx4(xa + 8), a3 = ldx4(xa + 12);
+            const float4 b0 = ldx4(xb), b1 = ldx4(xb + 4), b2 = ldx4(xb + 8), b3 = ldx4(xb + 12);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = dot4_i8(qa[r].x, a0, 0.0f);
+                s = dot4_i8(qa[r].y, a1, s);
+                s = dot4_i8(qa[r].z, a2, s);
+                s = dot4_i8(qa[r].w, a3, s);
+                acc[r] = fmaf(da[r], s, acc[r]);
+                float t = dot4_i8(qb[r].x, b0, 0.0f);
+                t = dot4_i8(qb[r].y, b1, t);
+                t = dot4_i8(qb[r].z, b2, t);
+                t = dot4_i8(qb[r].w, b3, t);
+                acc[r] = fmaf(db[r], t, acc[r]);
             }
         }
+        if (c < n) one<R>(r0, rb, rmax, x, B, c, acc);
     }
 };
 
@@ -339,44 +351,24 @@ __device__ __forceinline__ float iq2_group(u32 a0, u32 a1, float d, const float*
     return db * s;
 }
 
-// IQ2_XXS, step mapping: a chunk is 128 values (4 groups of 32); lane l
-// takes values 4l..4l+3: half (l & 1) of grid entry (l >> 1) & 3 of group
-// l >> 3. The 8 lanes of a group read its 8 bytes together (one line per
-// warp), x is one contiguous run per load.
+// IQ2_XXS: a chunk is one group, 8 bytes = 32 values.
 struct FastIQ2XXS {
     static constexpr int BLK = 256;
     template <int R>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
-        const int n = row_len >> 7;
-        const int lane = threadIdx.x % DS4_WARP;
-        const int gi = lane >> 3, sub = (lane >> 1) & 3, half = lane & 1;
-        const int chunk0 = c0 / DS4_WARP, cs = cstep / DS4_WARP;
-#pragma unroll 2
-        for (int c = chunk0; c < n; c += cs) {
-            const int G = 4 * c + gi;  // group index in the row
-            const float4 xv = ldx4(x + 128 * c + 4 * lane);
-            uint2 a[R];
-            u16 dh[R];
+        const int n = row_len >> 5;
+        for (int c = c0; c < n; c += cstep) {
+            uint2 q[R];
+            float d[R];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                a[r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * G));
-                dh[r] = ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (G >> 3));
+                q[r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * c));
+                d[r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 3)));
             }
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                const float db = h2f(dh[r]) * (0.5f + (float)(a[r].y >> 28)) * 0.25f;
-                const u64 g = grid[(a[r].x >> (8 * sub)) & 0xff];
-                const u32 w = half ? (u32)(g >> 32) : (u32)g;
-                const u32 sg = ksigns_iq2xs((a[r].y >> (7 * sub)) & 127) >> (4 * half);
-                float t = 0.0f;
-                t = fmaf((sg & 1) ? -DS4_BYTE_F(w, 0) : DS4_BYTE_F(w, 0), xv.x, t);
-                t = fmaf((sg & 2) ? -DS4_BYTE_F(w, 1) : DS4_BYTE_F(w, 1), xv.y, t);
-                t = fmaf((sg & 4) ? -DS4_BYTE_F(w, 2) : DS4_BYTE_F(w, 2), xv.z, t);
-                t = fmaf((sg & 8) ? -DS4_BYTE_F(w, 3) : DS4_BYTE_F(w, 3), xv.w, t);
-                acc[r] = fmaf(db, t, acc[r]);
-            }
+            for (int r = 0; r < R; r++) acc[r] += iq2_group(q[r].x, q[r].y, d[r], x + 32 * c, grid);
         }
     }
 };

@@ -271,7 +271,9 @@ impl Gpu {
         args: &[Arg],
     ) -> Result<()> {
         let f = self.func(name)?;
-        if smem > 48 * 1024 {
+        // Above 48 KB of dynamic + static shared memory a kernel must opt
+        // in; kernels have up to a few KB static, so opt in well before.
+        if smem > 40 * 1024 {
             if smem as usize > self.max_smem_optin {
                 return Err(CudaError::Unsupported(format!(
                     "{name} needs {smem} bytes of shared memory, the device allows {}",
