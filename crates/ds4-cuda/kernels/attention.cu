@@ -1,17 +1,5 @@
 // The attention sublayer's stateful and per-row stages (MODEL.md 3.2-3.7).
 
-// RoPE on the tails of rows [n_rows x width]; row r belongs to token
-// r / rows_per_token at position pos0 + token. One thread per rotated pair.
-extern "C" __global__ void rope_rows(float* __restrict__ x, int n_rows, int width,
-                                     int rows_per_token, const float* __restrict__ inv_freq,
-                                     int n_pairs, int pos0, int inverse) {
-    const i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x;
-    if (k >= (i64)n_rows * n_pairs) return;
-    const int r = (int)(k / n_pairs), pair = (int)(k % n_pairs);
-    rope_pair(x + (i64)r * width, width, n_pairs, pair, inv_freq, pos0 + r / rows_per_token,
-              inverse != 0);
-}
-
 // FP8 round trip of dims [0, n_nope) of every row; one block per row.
 extern "C" __global__ void fp8_rows(float* __restrict__ x, int width, int n_nope) {
     fp8_row_block(x + (i64)blockIdx.x * width, n_nope);
@@ -117,27 +105,60 @@ extern "C" __global__ void compress_step(
 }
 
 // Indexer scores: s[t][c] = sum_h w[t][h] * scale * max(0, q[t][h] . K[c])
-// for c < visible[t] (one warp per (c, t)); later entries are not written.
+// for c < visible[t]; later entries are not written. A block stages the
+// token's queries in shared memory (rows padded to 129 floats) and its 8
+// warps take 8 rows each; lane l computes heads l and l + 32. The dot and
+// the head sum run in index order with separately rounded products, as
+// the CPU computes them. Grid (ceil(visible / rpb), T), rpb rows per block
+// (a multiple of 8: 8 for a decode step, more for batches); head_dim 128.
 extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_stride,
                                         const float* __restrict__ q,
                                         const float* __restrict__ w,
                                         const float* __restrict__ keys, int n_heads,
-                                        int head_dim, float scale, int pos0, int ratio) {
+                                        int head_dim, float scale, int pos0, int ratio,
+                                        int rpb) {
+    extern __shared__ float sm[];
+    float* qs = sm;                              // n_heads x 129
+    float* ws = qs + n_heads * 129;              // n_heads
+    float* ks = ws + n_heads;                    // 8 warps x 128
     const int t = blockIdx.y;
-    const int c = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
-    const int lane = threadIdx.x % DS4_WARP;
     const int visible = (pos0 + t + 1) / ratio;
-    if (c >= visible) return;
-    const float* k = keys + (i64)c * head_dim;
-    const float* qt = q + (i64)t * n_heads * head_dim;
-    float s = 0.0f;
-    for (int h = 0; h < n_heads; h++) {
-        float part = 0.0f;
-        for (int i = lane; i < head_dim; i += DS4_WARP) part += qt[h * head_dim + i] * k[i];
-        const float dot = warp_sum(part);
-        s += w[(i64)t * n_heads + h] * scale * fmaxf(dot, 0.0f);
+    const int c0 = blockIdx.x * rpb;
+    if (c0 >= visible) return;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const float* qt = q + (i64)t * n_heads * 128;
+    for (int k = threadIdx.x; k < n_heads * 32; k += blockDim.x) {
+        const float4 v = ((const float4*)qt)[k];
+        float* dst = qs + (k >> 5) * 129 + 4 * (k & 31);
+        dst[0] = v.x;
+        dst[1] = v.y;
+        dst[2] = v.z;
+        dst[3] = v.w;
     }
-    if (lane == 0) scores[(i64)t * scores_stride + c] = s;
+    for (int h = threadIdx.x; h < n_heads; h += blockDim.x) ws[h] = w[(i64)t * n_heads + h];
+    __syncthreads();
+    float* kw = ks + warp * 128;
+    const float* q0 = qs + lane * 129;
+    const float* q1 = qs + (lane + 32) * 129;
+    for (int cc = 0; cc < rpb / 8; cc++) {
+        const int c = c0 + warp * (rpb / 8) + cc;
+        if (c >= visible) break;
+        ((float4*)kw)[lane] = ((const float4*)(keys + (i64)c * 128))[lane];
+        __syncwarp();
+        float d0 = 0.0f, d1 = 0.0f;
+        for (int i = 0; i < 128; i++) {
+            const float kv = kw[i];
+            if (lane < n_heads) d0 = __fadd_rn(d0, __fmul_rn(q0[i], kv));
+            if (lane + 32 < n_heads) d1 = __fadd_rn(d1, __fmul_rn(q1[i], kv));
+        }
+        float s = 0.0f;
+        for (int h = 0; h < n_heads; h++) {
+            const float d = __shfl_sync(DS4_FULL_MASK, h < 32 ? d0 : d1, h & 31);
+            s = __fadd_rn(s, __fmul_rn(__fmul_rn(ws[h], scale), fmaxf(d, 0.0f)));
+        }
+        if (lane == 0) scores[(i64)t * scores_stride + c] = s;
+        __syncwarp();
+    }
 }
 
 // A u32 whose unsigned order is the float order (-0 counts as +0).
@@ -147,83 +168,112 @@ __device__ __forceinline__ u32 order_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// Exclusive prefix count of `flag` over the block in thread order, plus the
-// block total; `warp_tot` holds 32 ints.
-__device__ int block_scan_flags(bool flag, int* warp_tot, int* total) {
-    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
-    const int n_warps = blockDim.x / DS4_WARP;
-    const u32 ballot = __ballot_sync(DS4_FULL_MASK, flag);
-    const int in_warp = __popc(ballot & ((1u << lane) - 1u));
-    __syncthreads();
-    if (lane == 0) warp_tot[warp] = __popc(ballot);
-    __syncthreads();
-    int before = 0, all = 0;
-    for (int w = 0; w < n_warps; w++) {
-        if (w < warp) before += warp_tot[w];
-        all += warp_tot[w];
+// Top-k of each token's indexer scores (one block of 1024 threads per
+// token), ties to the lower index like the CPU's top_k, written in
+// ascending index order. Tokens whose visible count is <= k need no
+// selection and are skipped. The k-th largest key is found by an 8-bit
+// radix select over order-preserving keys (integer shared atomics only;
+// the keys stay in shared memory when they fit), the bin of each pass by a
+// parallel scan; then each warp compacts its contiguous share of the
+// indices in order with ballots.
+__device__ __forceinline__ int warp_incl_scan(int v) {
+    const int lane = threadIdx.x % DS4_WARP;
+    for (int o = 1; o < DS4_WARP; o <<= 1) {
+        const int u = __shfl_up_sync(DS4_FULL_MASK, v, o);
+        if (lane >= o) v += u;
     }
-    *total = all;
-    return before + in_warp;
+    return v;
 }
 
-// Top-k of each token's indexer scores (one block per token), ties to the
-// lower index like the CPU's top_k, written in ascending index order.
-// Tokens whose visible count is <= k need no selection and are skipped.
-// The k-th largest key is found by an 8-bit radix select (integer shared
-// atomics only), then indices are compacted in order with block scans.
 extern "C" __global__ void topk_select(int* __restrict__ out, const float* __restrict__ scores,
-                                       i64 scores_stride, int k, int pos0, int ratio) {
+                                       i64 scores_stride, int k, int pos0, int ratio,
+                                       int cached) {
+    extern __shared__ u32 keys[];
     __shared__ u32 hist[256];
-    __shared__ u32 s_prefix, s_mask, s_remaining;
-    __shared__ int warp_tot[32];
+    __shared__ int wsum[32], wsum2[32];
+    __shared__ u32 s_prefix, s_mask, s_rem;
     const int t = blockIdx.x;
     const int n = (pos0 + t + 1) / ratio;
     if (n <= k) return;
     const float* s = scores + (i64)t * scores_stride;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int n_warps = blockDim.x / DS4_WARP;
+    if (cached)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) keys[i] = order_key(s[i]);
     if (threadIdx.x == 0) {
         s_prefix = 0;
         s_mask = 0;
-        s_remaining = k;
+        s_rem = k;
     }
     __syncthreads();
+#define DS4_KEY_AT(i) (cached ? keys[i] : order_key(s[i]))
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        const u32 prefix = s_prefix, mask = s_mask;
+        const u32 prefix = s_prefix, mask = s_mask, rem = s_rem;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const u32 key = order_key(s[i]);
+            const u32 key = DS4_KEY_AT(i);
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255], 1u);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            u32 remaining = s_remaining, above = 0;
-            int b = 255;
-            for (; b > 0; b--) {
-                if (above + hist[b] >= remaining) break;
-                above += hist[b];
+        // Bins from the top: inclusive counts; the bin where `rem` falls.
+        if (threadIdx.x < 256) {
+            const int b = 255 - threadIdx.x;
+            const int v = (int)hist[b];
+            const int incl = warp_incl_scan(v);
+            if (lane == DS4_WARP - 1) wsum[warp] = incl;
+            __syncwarp();
+            // (threads 0..255 are warps 0..7)
+            asm volatile("bar.sync 1, 256;");
+            int before = 0;
+            for (int w = 0; w < warp; w++) before += wsum[w];
+            const int hi = before + incl, lo = hi - v;
+            if ((u32)lo < rem && rem <= (u32)hi) {
+                s_prefix = prefix | ((u32)b << shift);
+                s_mask = mask | (255u << shift);
+                s_rem = rem - (u32)lo;
             }
-            s_remaining = remaining - above;
-            s_prefix = prefix | ((u32)b << shift);
-            s_mask = mask | (255u << shift);
         }
         __syncthreads();
     }
     const u32 thr = s_prefix;
-    const int need_eq = (int)s_remaining;
-    int eq_seen = 0, written = 0;
-    for (int base = 0; base < n; base += blockDim.x) {
-        const int i = base + threadIdx.x;
-        const u32 key = i < n ? order_key(s[i]) : 0;
-        const bool eq = i < n && key == thr;
-        int eq_total;
-        const int eq_rank = eq_seen + block_scan_flags(eq, warp_tot, &eq_total);
-        const bool take = i < n && (key > thr || (eq && eq_rank < need_eq));
-        int take_total;
-        const int at = written + block_scan_flags(take, warp_tot, &take_total);
-        if (take) out[(i64)t * k + at] = i;
-        eq_seen += eq_total;
-        written += take_total;
+    const int need_eq = (int)s_rem;
+    // Each warp owns a contiguous range of indices, scanned 32 at a time.
+    const int per = (n + n_warps - 1) / n_warps;
+    const int i0 = min(n, warp * per), i1 = min(n, i0 + per);
+    int gt = 0, eq = 0;
+    for (int base = i0; base < i1; base += DS4_WARP) {
+        const int i = base + lane;
+        const u32 key = i < i1 ? DS4_KEY_AT(i) : 0;
+        gt += __popc(__ballot_sync(DS4_FULL_MASK, i < i1 && key > thr));
+        eq += __popc(__ballot_sync(DS4_FULL_MASK, i < i1 && key == thr));
     }
+    if (lane == 0) {
+        wsum[warp] = gt;
+        wsum2[warp] = eq;
+    }
+    __syncthreads();
+    int eq_before = 0, taken_before = 0;
+    for (int w = 0; w < warp; w++) eq_before += wsum2[w];
+    for (int w = 0; w < warp; w++) {
+        int eb = 0;
+        for (int v = 0; v < w; v++) eb += wsum2[v];
+        taken_before += wsum[w] + min(max(need_eq - eb, 0), wsum2[w]);
+    }
+    int at = taken_before, eq_seen = eq_before;
+    for (int base = i0; base < i1; base += DS4_WARP) {
+        const int i = base + lane;
+        const u32 key = i < i1 ? DS4_KEY_AT(i) : 0;
+        const bool is_eq = i < i1 && key == thr;
+        const u32 eb = __ballot_sync(DS4_FULL_MASK, is_eq);
+        const u32 lt = (1u << lane) - 1u;
+        const bool take = i < i1 && (key > thr || (is_eq && eq_seen + __popc(eb & lt) < need_eq));
+        const u32 tb = __ballot_sync(DS4_FULL_MASK, take);
+        if (take) out[(i64)t * k + at + __popc(tb & lt)] = i;
+        at += __popc(tb);
+        eq_seen += __popc(eb);
+    }
+#undef DS4_KEY_AT
 }
 
 // Softmax attention with a sink over the raw window and the visible (or
@@ -281,4 +331,381 @@ extern "C" __global__ void attend(float* __restrict__ out, const float* __restri
         oh[i] = o / den;
     }
 #undef DS4_KEY
+}
+
+// ---------------------------------------------------------------------------
+// Fused per-row stages.
+
+// RMS norm of one row of `width` at `row` in place (weighted if w), as
+// rms_norm does; called by a whole block.
+__device__ void rms_row_inplace(float* row, const float* __restrict__ w, int width, float eps,
+                                double* scratch) {
+    const bool vec = (width & 3) == 0 && (((u64)row | (u64)w) & 15) == 0;
+    double ss = 0.0;
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            const float4 v = ((const float4*)row)[i];
+            ss += (double)v.x * (double)v.x + (double)v.y * (double)v.y +
+                  (double)v.z * (double)v.z + (double)v.w * (double)v.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)row[i] * (double)row[i];
+    }
+    ss = block_sum_f64(ss, scratch);
+    const float inv = rms_inv(ss, width, eps);
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            float4 v = ((float4*)row)[i];
+            v.x *= inv; v.y *= inv; v.z *= inv; v.w *= inv;
+            if (w) {
+                const float4 g = ((const float4*)w)[i];
+                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+            }
+            ((float4*)row)[i] = v;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) {
+            const float v = row[i] * inv;
+            row[i] = w ? v * w[i] : v;
+        }
+    }
+    __syncthreads();
+}
+
+// After the q_a / kv projections, per token (grid (T, 2)): y = 0 normalises
+// the q latent row (q_a_norm); y = 1 normalises the kv row (kv_norm), rotates
+// its tail and, in the official numerics, FP8-simulates dims [0, hd - rot).
+extern "C" __global__ void qkv_post(float* __restrict__ ql, const float* __restrict__ ql_norm,
+                                    int ql_width, float* __restrict__ kv,
+                                    const float* __restrict__ kv_norm, int hd,
+                                    const float* __restrict__ inv_freq, int n_pairs, int pos0,
+                                    int fp8, float eps) {
+    __shared__ double scratch[32];
+    const int t = blockIdx.x;
+    if (blockIdx.y == 0) {
+        rms_row_inplace(ql + (i64)t * ql_width, ql_norm, ql_width, eps, scratch);
+        return;
+    }
+    float* row = kv + (i64)t * hd;
+    rms_row_inplace(row, kv_norm, hd, eps, scratch);
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(row, hd, n_pairs, k, inv_freq, pos0 + t, false);
+    __syncthreads();
+    if (fp8) fp8_row_block(row, hd - 2 * n_pairs);
+}
+
+// Per-head unweighted RMS norm, then RoPE, one block per (token, head) row.
+extern "C" __global__ void head_norm_rope(float* __restrict__ q, int hd, int heads,
+                                          const float* __restrict__ inv_freq, int n_pairs,
+                                          int pos0, float eps) {
+    __shared__ double scratch[32];
+    float* row = q + (i64)blockIdx.x * hd;
+    rms_row_inplace(row, nullptr, hd, eps, scratch);
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(row, hd, n_pairs, k, inv_freq, pos0 + blockIdx.x / heads, false);
+}
+
+// The indexer queries, one warp per (token, head) row of 128: RoPE on the
+// tail, then (official numerics) Hadamard + FP4.
+extern "C" __global__ void index_q_prep(float* __restrict__ q, int n_rows, int heads,
+                                        const float* __restrict__ inv_freq, int n_pairs,
+                                        int pos0, int hadamard) {
+    const int r = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
+    const int lane = threadIdx.x % DS4_WARP;
+    if (r >= n_rows) return;
+    float* row = q + (i64)r * 128;
+    for (int k = lane; k < n_pairs; k += DS4_WARP)
+        rope_pair(row, 128, n_pairs, k, inv_freq, pos0 + r / heads, false);
+    __syncwarp();
+    if (hadamard) hadamard128_warp(row, true);
+}
+
+// out = in with the inverse RoPE of each row's tail (the attention output
+// before the output projection); one block per (token, head) row.
+extern "C" __global__ void rope_copy(float* __restrict__ out, const float* __restrict__ in, int hd,
+                                     int heads, const float* __restrict__ inv_freq, int n_pairs,
+                                     int pos0) {
+    const i64 base = (i64)blockIdx.x * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) out[base + i] = in[base + i];
+    __syncthreads();
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x)
+        rope_pair(out + base, hd, n_pairs, k, inv_freq, pos0 + blockIdx.x / heads, true);
+}
+
+// ---------------------------------------------------------------------------
+// Compressor over a batch in parallel (MODEL.md 3.10 item 3): one block per
+// emitted row, then one pass that leaves the state exactly as the
+// sequential compress_step would. The pooled row's arithmetic is the same
+// as compress_step's, candidate by candidate, so rows are bit-identical.
+
+// Candidate i (position q = p - count + 1 + i) of window end p, column col:
+// from the batch if q >= pos0, else from the state at the batch start.
+__device__ __forceinline__ void compress_cand(const float* __restrict__ state_kv,
+                                              const float* __restrict__ state_sc,
+                                              const float* __restrict__ a,
+                                              const float* __restrict__ sc,
+                                              const u8* __restrict__ ape, int q, int col,
+                                              int pos0, int ratio, int width, int overlap,
+                                              float& kv, float& s) {
+    if (q >= pos0) {
+        const i64 at = (i64)(q - pos0) * width + col;
+        kv = a[at];
+        s = sc[at] + load_f16(ape + 2 * ((i64)(q % ratio) * width + col));
+        return;
+    }
+    const int w0 = pos0 / ratio * ratio;  // start of the window open at pos0
+    const int phase = ((q % ratio) + ratio) % ratio;
+    const int slot = (overlap && q >= w0) ? ratio + phase : phase;
+    kv = state_kv[(i64)slot * width + col];
+    s = state_sc[(i64)slot * width + col];
+}
+
+extern "C" __global__ void compress_emit(
+    const float* __restrict__ state_kv, const float* __restrict__ state_sc,
+    float* __restrict__ rows, int n_rows0, const float* __restrict__ a,
+    const float* __restrict__ sc, const u8* __restrict__ ape, const float* __restrict__ norm,
+    const float* __restrict__ inv_freq, int n_pairs, int pos0, int first_p, int ratio, int dim,
+    int width, int overlap, int kind, int official, float eps) {
+    extern __shared__ float row[];  // dim floats
+    __shared__ double scratch[32];
+    const int k = blockIdx.x;
+    const int p = first_p + k * ratio;
+    const int count = overlap ? 2 * ratio : ratio;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float mx = -DS4_INF;
+        for (int i = 0; i < count; i++) {
+            float kv, s;
+            compress_cand(state_kv, state_sc, a, sc, ape, p - count + 1 + i,
+                          (overlap && i >= ratio) ? dim + j : j, pos0, ratio, width, overlap, kv,
+                          s);
+            mx = fmaxf(mx, s);
+        }
+        float num = 0.0f, den = 0.0f;
+        for (int i = 0; i < count; i++) {
+            float kv, s;
+            compress_cand(state_kv, state_sc, a, sc, ape, p - count + 1 + i,
+                          (overlap && i >= ratio) ? dim + j : j, pos0, ratio, width, overlap, kv,
+                          s);
+            const float e = expf(s - mx);
+            num += e * kv;
+            den += e;
+        }
+        row[j] = den > 0.0f ? num / den : 0.0f;
+    }
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)row[j] * (double)row[j];
+    ss = block_sum_f64(ss, scratch);
+    const float inv = rms_inv(ss, dim, eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) row[j] = row[j] * inv * norm[j];
+    __syncthreads();
+    for (int q = threadIdx.x; q < n_pairs; q += blockDim.x)
+        rope_pair(row, dim, n_pairs, q, inv_freq, p + 1 - ratio, false);
+    __syncthreads();
+    if (official) {
+        if (kind == 0) {
+            fp8_row_block(row, dim - 2 * n_pairs);
+        } else if (threadIdx.x < DS4_WARP) {
+            hadamard128_warp(row, true);
+        }
+        __syncthreads();
+    }
+    float* dst = rows + (i64)(n_rows0 + k) * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = official ? f16_round(row[j]) : row[j];
+}
+
+// The state after the batch: each slot holds the last position written to
+// it; with overlap, the previous-window rows hold a copy of the window that
+// completed last. One thread per (phase, column) owns every slot of that
+// phase, so it reads the old values before writing new ones.
+extern "C" __global__ void compress_state(float* __restrict__ state_kv,
+                                          float* __restrict__ state_sc,
+                                          const float* __restrict__ a,
+                                          const float* __restrict__ sc,
+                                          const u8* __restrict__ ape, int pos0, int n_tokens,
+                                          int ratio, int width, int overlap, int last_emit) {
+    const i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (e >= (i64)ratio * width) return;
+    const int i = (int)(e / width), col = (int)(e % width);
+    const int p_last = pos0 + n_tokens - 1;
+    // The last position <= p_last of phase i.
+    const int q = p_last - (((p_last - i) % ratio) + ratio) % ratio;
+    const int cur = overlap ? ratio + i : i;
+    const float old_kv = state_kv[(i64)cur * width + col];
+    const float old_sc = state_sc[(i64)cur * width + col];
+    if (overlap && last_emit >= 0) {
+        // Rows 0..ratio-1 <- the window ending at last_emit.
+        const int qp = last_emit - ratio + 1 + i;
+        float kv = old_kv, s = old_sc;
+        if (qp >= pos0) {
+            const i64 at = (i64)(qp - pos0) * width + col;
+            kv = a[at];
+            s = sc[at] + load_f16(ape + 2 * ((i64)i * width + col));
+        }
+        state_kv[(i64)i * width + col] = kv;
+        state_sc[(i64)i * width + col] = s;
+    }
+    if (q >= pos0) {
+        const i64 at = (i64)(q - pos0) * width + col;
+        state_kv[(i64)cur * width + col] = a[at];
+        state_sc[(i64)cur * width + col] = sc[at] + load_f16(ape + 2 * ((i64)i * width + col));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Attention over key chunks (decode: many chunks per head group, so the
+// whole GPU works on one token; batches: one chunk). A block is hpb warps,
+// one head each, over keys [c·chunk, (c+1)·chunk) of token t; keys go
+// through shared memory in tiles of DS4_AT_KT, so the hpb heads share
+// every load. Per chunk: m = max(sink, scores), l = sum e^(s-m), o = sum
+// e^(s-m) k, in key order. With one chunk the block writes the output,
+// else partials that attend_combine folds in chunk order.
+
+extern "C" __global__ void attend_part(float* __restrict__ out, float* __restrict__ part_o,
+                                       float* __restrict__ part_ml, const float* __restrict__ q,
+                                       const float* __restrict__ raw, int raw_cap,
+                                       const float* __restrict__ comp, int ratio,
+                                       const int* __restrict__ sel, int top_k,
+                                       const float* __restrict__ sinks, int n_heads,
+                                       int head_dim, int window, int pos0, float scale,
+                                       int chunk, int tile) {
+    extern __shared__ float sm[];
+    const int hpb = blockDim.x / DS4_WARP;
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int h = blockIdx.x * hpb + warp;
+    const int c = blockIdx.y, t = blockIdx.z;
+    const int n_chunks = gridDim.y;
+    const int p = pos0 + t;
+    const int first = max(0, p + 1 - window);
+    const int n_raw = p - first + 1;
+    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
+    const bool use_sel = sel != 0 && visible > top_k;
+    const int n_comp = use_sel ? top_k : visible;
+    const int n_keys = n_raw + n_comp;
+    const int k0 = c * chunk, k1 = min(n_keys, k0 + chunk);
+    float* keys = sm;                                 // tile x head_dim
+    float* scs = sm + tile * head_dim + warp * chunk;  // this warp's scores
+    const int nj = head_dim / 128;
+    const int hh = min(h, n_heads - 1);
+    const float* qh = q + ((i64)t * n_heads + hh) * head_dim;
+    float4 qv[4], o[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        qv[j] = j < nj ? *(const float4*)(qh + 128 * j + 4 * lane) : make_float4(0, 0, 0, 0);
+        o[j] = make_float4(0, 0, 0, 0);
+    }
+    const int f4 = head_dim / 4;
+#define DS4_AKEY(kk)                                                                      \
+    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
+                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+    for (int kt = k0; kt < k1; kt += tile) {
+        const int nk = min(tile, k1 - kt);
+        __syncthreads();
+        for (int kk = warp; kk < nk; kk += hpb) {
+            const float4* src = (const float4*)DS4_AKEY(kt + kk);
+            float4* dst = (float4*)(keys + kk * head_dim);
+            for (int f = lane; f < f4; f += DS4_WARP) dst[f] = src[f];
+        }
+        __syncthreads();
+        for (int kk = 0; kk < nk; kk++) {
+            float part = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < nj) {
+                    const float4 kv = *(const float4*)(keys + kk * head_dim + 128 * j + 4 * lane);
+                    part = fmaf(qv[j].x, kv.x, part);
+                    part = fmaf(qv[j].y, kv.y, part);
+                    part = fmaf(qv[j].z, kv.z, part);
+                    part = fmaf(qv[j].w, kv.w, part);
+                }
+            }
+            const float dot = warp_sum(part);
+            if (lane == 0) scs[kt - k0 + kk] = dot * scale;
+        }
+    }
+    __syncwarp();
+    const float sink = sinks[hh];
+    float m = sink;
+    for (int kk = lane; kk < k1 - k0; kk += DS4_WARP) m = fmaxf(m, scs[kk]);
+    m = warp_max(m);
+    float l = 0.0f;
+    // One tile covering the chunk is still in shared memory: no reload.
+    const bool reload = k1 - k0 > tile;
+    for (int kt = k0; kt < k1; kt += tile) {
+        const int nk = min(tile, k1 - kt);
+        if (reload) {
+            __syncthreads();
+            for (int kk = warp; kk < nk; kk += hpb) {
+                const float4* src = (const float4*)DS4_AKEY(kt + kk);
+                float4* dst = (float4*)(keys + kk * head_dim);
+                for (int f = lane; f < f4; f += DS4_WARP) dst[f] = src[f];
+            }
+            __syncthreads();
+        }
+        for (int kk = 0; kk < nk; kk++) {
+            const float e = expf(scs[kt - k0 + kk] - m);
+            l += e;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < nj) {
+                    const float4 kv = *(const float4*)(keys + kk * head_dim + 128 * j + 4 * lane);
+                    o[j].x = fmaf(e, kv.x, o[j].x);
+                    o[j].y = fmaf(e, kv.y, o[j].y);
+                    o[j].z = fmaf(e, kv.z, o[j].z);
+                    o[j].w = fmaf(e, kv.w, o[j].w);
+                }
+            }
+        }
+    }
+#undef DS4_AKEY
+    if (h >= n_heads) return;
+    if (n_chunks == 1) {
+        const float den = expf(sink - m) + l;
+        float* oh = out + ((i64)t * n_heads + h) * head_dim;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j < nj)
+                *(float4*)(oh + 128 * j + 4 * lane) =
+                    make_float4(o[j].x / den, o[j].y / den, o[j].z / den, o[j].w / den);
+        return;
+    }
+    const i64 slot = ((i64)t * n_heads + h) * n_chunks + c;
+    float* po = part_o + slot * head_dim;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        if (j < nj) *(float4*)(po + 128 * j + 4 * lane) = o[j];
+    if (lane == 0) {
+        part_ml[2 * slot] = m;
+        part_ml[2 * slot + 1] = l;
+    }
+}
+
+// Folds the chunks of attend_part, in chunk order: M = max_c m_c,
+// den = e^(sink-M) + sum_c l_c e^(m_c-M), out = sum_c e^(m_c-M) o_c / den.
+// Grid (heads, T); a thread per 4 dims.
+extern "C" __global__ void attend_combine(float* __restrict__ out,
+                                          const float* __restrict__ part_o,
+                                          const float* __restrict__ part_ml,
+                                          const float* __restrict__ sinks, int n_heads,
+                                          int head_dim, int n_chunks) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const i64 slot0 = ((i64)t * n_heads + h) * n_chunks;
+    const float sink = sinks[h];
+    float mx = sink;
+    for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, part_ml[2 * (slot0 + c)]);
+    float den = expf(sink - mx);
+    for (int c = 0; c < n_chunks; c++)
+        den += part_ml[2 * (slot0 + c) + 1] * expf(part_ml[2 * (slot0 + c)] - mx);
+    for (int f = threadIdx.x; f < head_dim / 4; f += blockDim.x) {
+        float4 acc = make_float4(0, 0, 0, 0);
+        for (int c = 0; c < n_chunks; c++) {
+            const float w = expf(part_ml[2 * (slot0 + c)] - mx);
+            const float4 v = *(const float4*)(part_o + (slot0 + c) * head_dim + 4 * f);
+            acc.x = fmaf(w, v.x, acc.x);
+            acc.y = fmaf(w, v.y, acc.y);
+            acc.z = fmaf(w, v.z, acc.z);
+            acc.w = fmaf(w, v.w, acc.w);
+        }
+        *(float4*)(out + ((i64)t * n_heads + h) * head_dim + 4 * f) =
+            make_float4(acc.x / den, acc.y / den, acc.z / den, acc.w / den);
+    }
 }

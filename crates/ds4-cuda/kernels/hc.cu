@@ -13,34 +13,50 @@ extern "C" __global__ void embed_f16(float* __restrict__ x, const u8* __restrict
 
 // One block per row: out = x * w / sqrt(mean(x^2) + eps), w optional. The
 // sum of squares is taken in f64 like the CPU reference. In place is fine:
-// each thread rewrites only the elements it read.
+// each thread rewrites only the elements it read. 16-byte loads when the
+// rows allow, so a 4096-wide row is one load per thread of a 1024 block.
 extern "C" __global__ void rms_norm(float* out, const float* x, const float* __restrict__ w,
                                     int width, i64 in_stride, i64 out_stride, float eps) {
     __shared__ double scratch[32];
     const float* xr = x + (i64)blockIdx.x * in_stride;
     float* o = out + (i64)blockIdx.x * out_stride;
+    const bool vec = (width & 3) == 0 && (((u64)xr | (u64)o | (u64)w) & 15) == 0;
     double ss = 0.0;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            const float4 v = ((const float4*)xr)[i];
+            ss += (double)v.x * (double)v.x + (double)v.y * (double)v.y +
+                  (double)v.z * (double)v.z + (double)v.w * (double)v.w;
+        }
+    } else {
+        for (int i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    }
     ss = block_sum_f64(ss, scratch);
     const float inv = rms_inv(ss, width, eps);
+    if (vec) {
+        for (int i = threadIdx.x; i < width / 4; i += blockDim.x) {
+            float4 v = ((const float4*)xr)[i];
+            v.x *= inv; v.y *= inv; v.z *= inv; v.w *= inv;
+            if (w) {
+                const float4 g = ((const float4*)w)[i];
+                v.x *= g.x; v.y *= g.y; v.z *= g.z; v.w *= g.w;
+            }
+            ((float4*)o)[i] = v;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         const float v = xr[i] * inv;
         o[i] = w ? v * w[i] : v;
     }
 }
 
-// Per token (one thread each), from the n_mix = 2n + n^2 mix values m:
+// One token's mix (thread-local), from the n_mix = 2n + n^2 mix values m:
 // post (n), the Sinkhorn matrix comb (n x n) and the pre weights (n),
-// exactly as hc::pre of the CPU backend. mix[t] = [post | comb], pre[t] = pre.
-extern "C" __global__ void hc_mix(const float* __restrict__ m, const float* __restrict__ scale,
-                                  const float* __restrict__ base, float* __restrict__ mix,
-                                  float* __restrict__ pre, int n_tokens, int n, int iters,
-                                  float eps) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n_tokens) return;
-    const int n_mix = 2 * n + n * n;
-    const float* mt = m + (i64)t * n_mix;
-    float* out = mix + (i64)t * (n + n * n);
+// exactly as hc::pre of the CPU backend. out = [post | comb], pre = pre.
+__device__ void hc_mix_token(const float* mt, const float* __restrict__ scale,
+                             const float* __restrict__ base, float* out, float* pre, int n,
+                             int iters, float eps) {
     float c[64];
     for (int h = 0; h < n; h++) out[h] = 2.0f * sigmoidf_ref(mt[n + h] * scale[1] + base[n + h]);
     for (int i = 0; i < n; i++) {
@@ -74,30 +90,239 @@ extern "C" __global__ void hc_mix(const float* __restrict__ m, const float* __re
         }
     }
     for (int k = 0; k < n * n; k++) out[n + k] = c[k];
-    for (int h = 0; h < n; h++) pre[(i64)t * n + h] = sigmoidf_ref(mt[h] * scale[0] + base[h]) + eps;
+    for (int h = 0; h < n; h++) pre[h] = sigmoidf_ref(mt[h] * scale[0] + base[h]) + eps;
 }
 
-// y[t] = sum_h a[t][h] * x[t][stream h], summed in stream order.
-extern "C" __global__ void hc_weighted_sum(float* __restrict__ y, const float* __restrict__ x,
-                                           const float* __restrict__ a, int d, int n) {
-    const int t = blockIdx.y;
-    const float* xt = x + (i64)t * n * d;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
-        float acc = 0.0f;
-        for (int h = 0; h < n; h++) acc += a[(i64)t * n + h] * xt[(i64)h * d + i];
-        y[(i64)t * d + i] = acc;
+// The Sinkhorn part of the mix by one warp, lane i*n + j owning
+// comb[i][j] (n*n <= 32; the caller computes post and pre): every sum still
+// runs in the CPU's order (shuffles gather the row or column in index
+// order), so the results are bit-identical to hc_mix_token, with 2
+// divisions per lane per iteration instead of 2n^2.
+__device__ void hc_mix_warp(const float* mt, const float* __restrict__ scale,
+                            const float* __restrict__ base, float* out, int n, int iters,
+                            float eps) {
+    const int lane = threadIdx.x % DS4_WARP;
+    const int i = lane / n, j = lane % n;
+    const bool active = lane < n * n;
+    const float v = active ? mt[2 * n + lane] * scale[2] + base[2 * n + lane] : 0.0f;
+    float mx = -DS4_INF;
+    for (int jj = 0; jj < n; jj++) mx = fmaxf(mx, __shfl_sync(DS4_FULL_MASK, v, i * n + jj));
+    const float e = expf(v - mx);
+    float sum = 0.0f;
+    for (int jj = 0; jj < n; jj++) sum += __shfl_sync(DS4_FULL_MASK, e, i * n + jj);
+    float c = e / sum + eps;
+    for (int it = 0; it < iters; it++) {
+        if (it > 0) {
+            float s = 0.0f;
+            for (int jj = 0; jj < n; jj++) s += __shfl_sync(DS4_FULL_MASK, c, i * n + jj);
+            s += eps;
+            c /= s;
+        }
+        float s = 0.0f;
+        for (int ii = 0; ii < n; ii++) s += __shfl_sync(DS4_FULL_MASK, c, ii * n + j);
+        s += eps;
+        c /= s;
+    }
+    if (active) out[n + lane] = c;
+}
+
+// Block sum of a float in a fixed order (warp butterflies, then warps in
+// order); every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_sum_f32(float v, float* scratch) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int n_warps = blockDim.x / DS4_WARP;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = 0.0f;
+    for (int w = 0; w < n_warps; w++) r += scratch[w];
+    __syncthreads();
+    return r;
+}
+
+// Split-k partial products of the HC mix rows with the (unnormalised) flat
+// HC state: part[t][row][split] = fn[row][k-range] . x[t][k-range]; split
+// `split` of row 0 also writes the partial sum of squares (f64) of its
+// range to ss[t][split]. Grid (rows, splits, tokens); F16 weights.
+extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __restrict__ x,
+                                   int width, int n_rows, int n_splits,
+                                   float* __restrict__ part, double* __restrict__ ss) {
+    __shared__ float scratch[32];
+    __shared__ double dscratch[32];
+    const int row = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
+    const int len = width / n_splits, k0 = sp * len;
+    const float* xt = x + (i64)t * width + k0;
+    const u8* w = fn + ((i64)row * width + k0) * 2;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
+    acc = block_sum_f32(acc, scratch);
+    if (threadIdx.x == 0) part[((i64)t * n_rows + row) * n_splits + sp] = acc;
+    if (row == 0) {
+        double q = 0.0;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) q += (double)xt[i] * (double)xt[i];
+        q = block_sum_f64(q, dscratch);
+        if (threadIdx.x == 0) ss[(i64)t * n_splits + sp] = q;
     }
 }
 
-// The output head's stream weights: a[t][h] = sigmoid(m*scale[0] + base[h]) + eps.
-extern "C" __global__ void head_weights(const float* __restrict__ m,
-                                        const float* __restrict__ scale,
-                                        const float* __restrict__ base, float* __restrict__ a,
-                                        int n_tokens, int n, float eps) {
-    const int k = blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= n_tokens * n) return;
-    const int h = k % n;
-    a[k] = sigmoidf_ref(m[k] * scale[0] + base[h]) + eps;
+// hc_dots for a batch: a block takes 8 tokens and one split, with their x
+// slices in shared memory, so every weight load serves 8 tokens (the
+// per-token kernel would launch tokens x rows x splits tiny blocks). Same
+// outputs (part, ss) and layout as hc_dots. Grid (ceil(T / 8), splits).
+extern "C" __global__ void hc_dots_batch(const u8* __restrict__ fn, const float* __restrict__ x,
+                                         int width, int n_rows, int n_splits, int n_tokens,
+                                         float* __restrict__ part, double* __restrict__ ss) {
+    extern __shared__ float xs[];  // 8 x len
+    const int tb = blockIdx.x * 8, sp = blockIdx.y;
+    const int len = width / n_splits, k0 = sp * len;
+    const int nt = min(8, n_tokens - tb);
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    for (int idx = threadIdx.x; idx < 8 * len; idx += blockDim.x) {
+        const int tok = idx / len, i = idx % len;
+        xs[idx] = tok < nt ? x[(i64)(tb + tok) * width + k0 + i] : 0.0f;
+    }
+    __syncthreads();
+    if (warp < nt) {
+        double q = 0.0;
+        for (int i = lane; i < len; i += DS4_WARP) q += (double)xs[warp * len + i] * (double)xs[warp * len + i];
+        for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(DS4_FULL_MASK, q, o);
+        if (lane == 0) ss[(i64)(tb + warp) * n_splits + sp] = q;
+    }
+    for (int row = warp; row < n_rows; row += blockDim.x / DS4_WARP) {
+        float acc[8];
+#pragma unroll
+        for (int tok = 0; tok < 8; tok++) acc[tok] = 0.0f;
+        const u8* w = fn + ((i64)row * width + k0) * 2;
+        for (int i = lane; i < len; i += DS4_WARP) {
+            const float wv = load_f16(w + 2 * i);
+#pragma unroll
+            for (int tok = 0; tok < 8; tok++) acc[tok] = fmaf(wv, xs[tok * len + i], acc[tok]);
+        }
+#pragma unroll
+        for (int tok = 0; tok < 8; tok++) {
+            const float v = warp_sum(acc[tok]);
+            if (lane == 0 && tok < nt) part[((i64)(tb + tok) * n_rows + row) * n_splits + sp] = v;
+        }
+    }
+}
+
+// The mix values of a token from hc_dots' partials: m[row] = inv_rms *
+// sum over splits (in order). Runs in a block (>= rows * splits threads
+// load the partials at once); m goes to shared memory.
+__device__ void hc_values(const float* __restrict__ part, const double* __restrict__ ss, int t,
+                          int n_rows, int n_splits, int width, float eps, float* m, float* pbuf,
+                          double* sbuf) {
+    for (int k = threadIdx.x; k < n_rows * n_splits; k += blockDim.x)
+        pbuf[k] = part[(i64)t * n_rows * n_splits + k];
+    if (threadIdx.x < n_splits) sbuf[threadIdx.x] = ss[(i64)t * n_splits + threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x < n_rows) {
+        double q = 0.0;
+        for (int s = 0; s < n_splits; s++) q += sbuf[s];
+        const float inv = rms_inv(q, width, eps);
+        float v = 0.0f;
+        for (int s = 0; s < n_splits; s++) v += pbuf[threadIdx.x * n_splits + s];
+        m[threadIdx.x] = v * inv;
+    }
+    __syncthreads();
+}
+
+// y[i] = sum_h a[h] * x[stream h][i], h in order, 4 values per thread, by
+// threads [t0, t0 + nt) of the block.
+__device__ __forceinline__ void hc_weighted(const float* a, const float* __restrict__ xt,
+                                            float* __restrict__ y, int d, int n, int t0, int nt) {
+    const int me = (int)threadIdx.x - t0;
+    if (me < 0) return;
+    if ((d & 3) == 0 && (((u64)xt | (u64)y) & 15) == 0) {
+        for (int i = me; i < d / 4; i += nt) {
+            float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int h = 0; h < n; h++) {
+                const float4 v = ((const float4*)(xt + (i64)h * d))[i];
+                acc.x += a[h] * v.x;
+                acc.y += a[h] * v.y;
+                acc.z += a[h] * v.z;
+                acc.w += a[h] * v.w;
+            }
+            ((float4*)y)[i] = acc;
+        }
+        return;
+    }
+    for (int i = me; i < d; i += nt) {
+        float acc = 0.0f;
+        for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
+        y[i] = acc;
+    }
+}
+
+// HC-pre of one token per block: the mix (post, comb -> mix[t]) and
+// y[t] = sum_h pre_h * x[t][stream h].
+extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
+                                         const double* __restrict__ ss, int n_splits,
+                                         const float* __restrict__ scale,
+                                         const float* __restrict__ base, const float* __restrict__ x,
+                                         float* __restrict__ mix, float* __restrict__ y, int d,
+                                         int n, int iters, float hc_eps, float rms_eps) {
+    __shared__ float m[96];
+    __shared__ float pre[8];
+    __shared__ float mixs[8 + 64];
+    __shared__ float pbuf[96 * 32];
+    __shared__ double sbuf[32];
+    const int t = blockIdx.x;
+    const int n_mix = 2 * n + n * n;
+    hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m, pbuf, sbuf);
+    const bool warp_mix = n * n <= DS4_WARP && blockDim.x > DS4_WARP;
+    if (warp_mix) {
+        // pre and post first; then warp 0 runs Sinkhorn while the other
+        // warps form y.
+        if (threadIdx.x < n) {
+            const int h = threadIdx.x;
+            mixs[h] = 2.0f * sigmoidf_ref(m[n + h] * scale[1] + base[n + h]);
+            pre[h] = sigmoidf_ref(m[h] * scale[0] + base[h]) + hc_eps;
+        }
+        __syncthreads();
+        if (threadIdx.x < DS4_WARP) {
+            hc_mix_warp(m, scale, base, mixs, n, iters, hc_eps);
+        } else {
+            hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, DS4_WARP,
+                        blockDim.x - DS4_WARP);
+        }
+        __syncthreads();
+    } else {
+        if (threadIdx.x == 0) hc_mix_token(m, scale, base, mixs, pre, n, iters, hc_eps);
+        __syncthreads();
+        hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, 0, blockDim.x);
+    }
+    for (int k = threadIdx.x; k < n + n * n; k += blockDim.x) mix[(i64)t * (n + n * n) + k] = mixs[k];
+}
+
+// The output head's pre-norm of one token per block: stream weights
+// a_h = sigmoid(m_h * scale[0] + base[h]) + eps, z = sum_h a_h * x_h, then
+// z = RMSNorm(z) * norm.
+extern "C" __global__ void head_finish(const float* __restrict__ part,
+                                       const double* __restrict__ ss, int n_splits,
+                                       const float* __restrict__ scale,
+                                       const float* __restrict__ base, const float* __restrict__ x,
+                                       i64 x_stride, const float* __restrict__ norm,
+                                       float* __restrict__ z, int d, int n, float hc_eps,
+                                       float rms_eps) {
+    __shared__ float m[8];
+    __shared__ float a[8];
+    __shared__ float pbuf[8 * 32];
+    __shared__ double sbuf[32];
+    __shared__ double dscratch[32];
+    const int t = blockIdx.x;
+    hc_values(part, ss, t, n, n_splits, n * d, rms_eps, m, pbuf, sbuf);
+    if (threadIdx.x < n) a[threadIdx.x] = sigmoidf_ref(m[threadIdx.x] * scale[0] + base[threadIdx.x]) + hc_eps;
+    __syncthreads();
+    float* zt = z + (i64)t * d;
+    hc_weighted(a, x + (i64)t * x_stride, zt, d, n, 0, blockDim.x);
+    __syncthreads();
+    double q = 0.0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) q += (double)zt[i] * (double)zt[i];
+    q = block_sum_f64(q, dscratch);
+    const float inv = rms_inv(q, d, rms_eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) zt[i] = zt[i] * inv * norm[i];
 }
 
 // HC-post: x'[j] = post[j] * f + sum_i comb[i][j] * x[i], into a new buffer.
@@ -119,4 +344,15 @@ extern "C" __global__ void hc_post(float* __restrict__ out, const float* __restr
 extern "C" __global__ void fill_f32(float* __restrict__ x, i64 n, float v) {
     for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x)
         x[k] = v;
+}
+
+// Spins one thread for `ns` nanoseconds of %globaltimer (benchmarks: holds
+// the stream while the host queues a whole decode step behind it).
+extern "C" __global__ void spin_ns(u64 ns) {
+    if (threadIdx.x != 0) return;
+    u64 t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
 }

@@ -1,41 +1,64 @@
-// Weight rows (in their GGUF block format) times f32 activation rows.
+// Weight rows (quantised) times f32 activation rows: the decode GEMVs.
 //
-// One warp per (output row, item). An item is one activation row; with
-// `mat_ids` it also picks which matrix of a stacked 3-D tensor to use (the
-// routed experts), so a whole batch of expert products is one launch and the
-// routing never leaves the GPU. Each lane dequantises the elements
-// lane, lane + 32, ... in registers straight from the block bytes, multiplies
-// them into its own f32 accumulator, and the warp sums the 32 partials with
-// a xor butterfly: a fixed order, hence bit-identical results every run.
+// Device layout. At upload, rows of Q8_0, Q2_K and IQ2_XXS matrices are
+// repacked in place (`repack_*`) so that the quantised values of a row are
+// one aligned array and the per-block scales follow it; the row keeps its
+// byte size, so every row, matrix and expert offset stays the file's:
 //
-// Element decoders below follow MODEL.md section 6 and perform the same f32
-// operations as ds4-quant's dequantisers.
+//   Q8_0    [qs: 32 B per block][d: f16 per block]
+//   IQ2_XXS [qs: 64 B per block][d: f16 per block]
+//   Q2_K    [qs 64 B + scales 16 B per block][d, dmin: 2 x f16 per block]
+//   Q4_K, F16, F32: as in the file.
+//
+// With a row length that is a multiple of 256 (production widths) every row
+// then starts on a 16-byte boundary and the fast kernels read weights with
+// 16-byte non-caching loads. The element decoders `deq_*` below read the
+// same layout one value at a time (dequantisation, odd widths, fallbacks)
+// and perform the same f32 operations as ds4-quant's dequantisers.
+//
+// One launch runs up to DS4_MAX_JOBS matrix products of one weight format
+// (`MatJobs`, passed by value): q_a and kv share one, gate and up another.
+// Blocks are 8 warps; a warp owns R rows of one (job, item) and, with
+// ksplit > 1, a 1/ksplit share of their chunks (interleaved). Partial sums
+// are combined with xor butterflies, then across the ksplit warps in warp
+// order: a fixed order, so results are bit-identical run to run.
 
-__device__ __forceinline__ float deq_f32(const u8* row, int i) { return ((const float*)row)[i]; }
+// ---------------------------------------------------------------------------
+// Element decoders (repacked layout; B = blocks per row).
 
-__device__ __forceinline__ float deq_f16(const u8* row, int i) { return load_f16(row + 2 * i); }
-
-__device__ __forceinline__ float deq_q8_0(const u8* row, int i) {
-    const u8* blk = row + (i >> 5) * 34;
-    const float d = load_f16(blk);
-    return d * (float)(signed char)blk[2 + (i & 31)];
+__device__ __forceinline__ float deq_f32(const u8* row, int i, int B) {
+    return ((const float*)row)[i];
 }
 
-__device__ __forceinline__ float deq_q2_k(const u8* row, int i) {
-    const u8* blk = row + (i >> 8) * 84;
-    const int e = i & 255;
+__device__ __forceinline__ float deq_f16(const u8* row, int i, int B) {
+    return load_f16(row + 2 * i);
+}
+
+__device__ __forceinline__ float deq_q8_0(const u8* row, int i, int B) {
+    const float d = load_f16(row + 32 * B + 2 * (i >> 5));
+    return d * (float)(signed char)row[i];
+}
+
+__device__ __forceinline__ float q2k_value(const u8* qs, const u8* sc, float d, float dmin,
+                                           int e) {
     const int h = e >> 7, r = e & 127, j = r >> 5, ii = r & 31;
-    const int q = (blk[16 + 32 * h + ii] >> (2 * j)) & 3;
-    const int sc = blk[8 * h + 2 * j + (ii >= 16 ? 1 : 0)];
-    const float d = load_f16(blk + 80), dmin = load_f16(blk + 82);
-    const float dl = d * (float)(sc & 15);
-    const float ml = dmin * (float)(sc >> 4);
+    const int q = (qs[32 * h + ii] >> (2 * j)) & 3;
+    const int s = sc[8 * h + 2 * j + (ii >= 16 ? 1 : 0)];
+    const float dl = d * (float)(s & 15);
+    const float ml = dmin * (float)(s >> 4);
     // __fmul_rn keeps the product rounded on its own (no FMA contraction),
     // so the decoded value is bit-identical to ds4-quant's.
     return __fmul_rn(dl, (float)q) - ml;
 }
 
-__device__ __forceinline__ float deq_q4_k(const u8* row, int i) {
+__device__ __forceinline__ float deq_q2_k(const u8* row, int i, int B) {
+    const int b = i >> 8;
+    const u8* blk = row + 80 * b;
+    const u8* dd = row + 80 * B + 4 * b;
+    return q2k_value(blk, blk + 64, load_f16(dd), load_f16(dd + 2), i & 255);
+}
+
+__device__ __forceinline__ float deq_q4_k(const u8* row, int i, int B) {
     const u8* blk = row + (i >> 8) * 144;
     const int e = i & 255;
     const int sb = e >> 5, ii = e & 31;
@@ -56,61 +79,466 @@ __device__ __forceinline__ float deq_q4_k(const u8* row, int i) {
     return __fmul_rn(dl, (float)q) - ml;
 }
 
-__device__ __forceinline__ float deq_iq2_xxs(const u8* row, int i) {
-    const u8* blk = row + (i >> 8) * 66;
-    const int e = i & 255;
+__device__ __forceinline__ u32 ksigns_iq2xs(u32 i) { return i | ((__popc(i) & 1) << 7); }
+
+__device__ __forceinline__ float deq_iq2_xxs(const u8* row, int i, int B) {
+    const int b = i >> 8, e = i & 255;
     const int g = e >> 5, l = (e & 31) >> 3, k = e & 7;
-    const u32 a0 = load_u32_a2(blk + 2 + 8 * g);
-    const u32 a1 = load_u32_a2(blk + 2 + 8 * g + 4);
-    const float d = load_f16(blk);
+    const u8* qs = row + 64 * b + 8 * g;
+    const u32 a0 = load_u32_a2(qs);
+    const u32 a1 = load_u32_a2(qs + 4);
+    const float d = load_f16(row + 64 * B + 2 * b);
     const float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
     const u64 grid = ds4_iq2xxs_grid[(a0 >> (8 * l)) & 0xff];
-    const u8 signs = ds4_ksigns_iq2xs[(a1 >> (7 * l)) & 127];
+    const u32 signs = ksigns_iq2xs((a1 >> (7 * l)) & 127);
     const float w = db * (float)((grid >> (8 * k)) & 0xff);
     return ((signs >> k) & 1) ? -w : w;
 }
 
-#define DS4_MATVEC(NAME, DEQ)                                                                  \
-    extern "C" __global__ void NAME(const u8* __restrict__ w, u64 mat_bytes,                  \
-                                    const int* __restrict__ mat_ids, u64 row_bytes,           \
-                                    int n_rows, int row_len, const float* __restrict__ x,     \
-                                    i64 x_stride, int x_div, float* __restrict__ y,           \
-                                    i64 y_stride) {                                           \
-        const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;              \
-        const int r = blockIdx.x * (blockDim.x / DS4_WARP) + warp;                            \
-        const int item = blockIdx.y;                                                          \
-        if (r >= n_rows) return;                                                              \
-        const u64 m = mat_ids ? (u64)mat_ids[item] : 0;                                       \
-        const u8* row = w + m * mat_bytes + (u64)r * row_bytes;                               \
-        const float* xr = x + (i64)(item / x_div) * x_stride;                                 \
-        float acc = 0.0f;                                                                     \
-        for (int i = lane; i < row_len; i += DS4_WARP) acc += DEQ(row, i) * xr[i];            \
-        acc = warp_sum(acc);                                                                  \
-        if (lane == 0) y[(i64)item * y_stride + r] = acc;                                     \
+// ---------------------------------------------------------------------------
+// Repacking (file layout -> device layout), in place, one block per row.
+
+extern "C" __global__ void repack_rows(u8* __restrict__ w, u64 row_bytes, i64 n_rows,
+                                       int row_len, int kind) {
+    extern __shared__ u8 src[];
+    const int B = row_len >> (kind == 0 ? 5 : 8);
+    for (i64 r = blockIdx.x; r < n_rows; r += gridDim.x) {
+        u8* row = w + (u64)r * row_bytes;
+        for (int i = threadIdx.x; i < (int)row_bytes; i += blockDim.x) src[i] = row[i];
+        __syncthreads();
+        for (int i = threadIdx.x; i < (int)row_bytes; i += blockDim.x) {
+            u8 v;
+            if (kind == 0) {  // Q8_0: file block = d(2) qs(32)
+                if (i < 32 * B) {
+                    v = src[(i >> 5) * 34 + 2 + (i & 31)];
+                } else {
+                    const int k = i - 32 * B;
+                    v = src[(k >> 1) * 34 + (k & 1)];
+                }
+            } else if (kind == 1) {  // IQ2_XXS: file block = d(2) qs(64)
+                if (i < 64 * B) {
+                    v = src[(i >> 6) * 66 + 2 + (i & 63)];
+                } else {
+                    const int k = i - 64 * B;
+                    v = src[(k >> 1) * 66 + (k & 1)];
+                }
+            } else {  // Q2_K: file block = scales(16) qs(64) d(2) dmin(2)
+                if (i < 80 * B) {
+                    const int b = i / 80, o = i % 80;
+                    v = o < 64 ? src[b * 84 + 16 + o] : src[b * 84 + (o - 64)];
+                } else {
+                    const int k = i - 80 * B;
+                    v = src[(k >> 2) * 84 + 80 + (k & 3)];
+                }
+            }
+            row[i] = v;
+        }
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Jobs.
+
+#define DS4_MAX_JOBS 4
+#define DS4_GEMV_WARPS 8
+
+struct MatJob {
+    const u8* w;
+    u64 mat_bytes;
+    const int* mat_ids;  // per item matrix index (stacked experts), or null
+    u64 row_bytes;
+    const float* x;
+    i64 x_stride;
+    float* y;
+    i64 y_stride;
+    i64 x_grp_stride;  // x moves by this for every x_grp_rows output rows
+    const float* add;  // optional: y = sum_j add[(item * add_n + j) * add_stride + row] + dot
+    i64 add_stride;
+    int n_rows;
+    int row_len;
+    int x_div;  // item i reads x row i / x_div
+    int x_grp_rows;
+    int n_items;
+    int ksplit;
+    int block0;  // first blockIdx.x of this job
+    int n_blocks;
+    int add_n;
+    int pad;
+};
+
+struct MatJobs {
+    MatJob j[DS4_MAX_JOBS];
+    int n;
+    int pad;
+};
+
+// 16 bytes, read once: no L1 allocation (weights stream through).
+__device__ __forceinline__ uint4 ld_stream16(const u8* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ u32 ld_nc_u32(const u8* p) {
+    return __ldg((const unsigned int*)p);
+}
+
+__device__ __forceinline__ u16 ld_nc_u16(const u8* p) {
+    return __ldg((const unsigned short*)p);
+}
+
+// Byte k of t (0..255) as a float, exactly: 2^23 + byte, minus 2^23.
+#define DS4_BYTE_F(t, k) (__int_as_float(__byte_perm((t), 0x4B000000u, 0x7440 + (k))) - 8388608.0f)
+
+// Signed byte k of q as a float, exactly: bias the byte by 128 first.
+#define DS4_I8_F(t, k) (__int_as_float(__byte_perm((t), 0x4B000000u, 0x7440 + (k))) - 8388736.0f)
+
+// sum_k int8(q.byte k) * x_k, k = 0..3, in order.
+__device__ __forceinline__ float dot4_i8(u32 q, float4 x, float s) {
+    const u32 t = q ^ 0x80808080u;  // int8 + 128, as unsigned bytes
+    s = fmaf(DS4_I8_F(t, 0), x.x, s);
+    s = fmaf(DS4_I8_F(t, 1), x.y, s);
+    s = fmaf(DS4_I8_F(t, 2), x.z, s);
+    s = fmaf(DS4_I8_F(t, 3), x.w, s);
+    return s;
+}
+
+__device__ __forceinline__ float4 ldx4(const float* p) { return *(const float4*)p; }
+
+// ---------------------------------------------------------------------------
+// Formats. dot<R>(rows, x, row_len, B, c0, cstep, acc): lane-partial sums of
+// R rows over the chunks c0, c0 + cstep, ... of a row.
+
+// Any format, one element per step (also the fallback of the fast ones).
+// Rows are r0 + min(r, rmax) * rb: consecutive, the tail clamped.
+#define DS4_ROW(r) (r0 + (u64)min((r), rmax) * rb)
+#define DS4_GENERIC_FMT(NAME, DEQ, BLKS)                                                  \
+    struct NAME {                                                                         \
+        static constexpr int BLK = BLKS;                                                  \
+        template <int R>                                                                  \
+        static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,        \
+                                                   const float* __restrict__ x,           \
+                                                   int row_len, int B, int c0, int cstep, \
+                                                   float* acc, const u64* grid) {         \
+            for (int i = c0; i < row_len; i += cstep) {                                   \
+                const float xv = x[i];                                                    \
+                _Pragma("unroll") for (int r = 0; r < R; r++) acc[r] +=                   \
+                    DEQ(DS4_ROW(r), i, B) * xv;                                           \
+            }                                                                             \
+        }                                                                                 \
+    };
+
+DS4_GENERIC_FMT(GenF32, deq_f32, 1)
+DS4_GENERIC_FMT(GenF16, deq_f16, 1)
+DS4_GENERIC_FMT(GenQ8_0, deq_q8_0, 32)
+DS4_GENERIC_FMT(GenQ2K, deq_q2_k, 256)
+DS4_GENERIC_FMT(GenQ4K, deq_q4_k, 256)
+DS4_GENERIC_FMT(GenIQ2XXS, deq_iq2_xxs, 256)
+
+// Q8_0: a chunk is 16 values (half a block). Two chunks per step, all
+// loads issued before the arithmetic.
+struct FastQ8_0 {
+    static constexpr int BLK = 32;
+    template <int R>
+    static __device__ __forceinline__ void one(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int B, int c,
+                                               float* acc) {
+        const float* xc = x + 16 * c;
+        const float4 x0 = ldx4(xc), x1 = ldx4(xc + 4), x2 = ldx4(xc + 8), x3 = ldx4(xc + 12);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
+            const float d = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+            float s = dot4_i8(q.x, x0, 0.0f);
+            s = dot4_i8(q.y, x1, s);
+            s = dot4_i8(q.z, x2, s);
+            s = dot4_i8(q.w, x3, s);
+            acc[r] = fmaf(d, s, acc[r]);
+        }
+    }
+    template <int R>
+    static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int row_len, int B,
+                                               int c0, int cstep, float* acc, const u64* grid) {
+        const int n = row_len >> 4;
+        int c = c0;
+        for (; c + cstep < n; c += 2 * cstep) {
+            uint4 qa[R], qb[R];
+            float da[R], db[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                qa[r] = ld_stream16(DS4_ROW(r) + 16 * c);
+                qb[r] = ld_stream16(DS4_ROW(r) + 16 * (c + cstep));
+                da[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
+                db[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * ((c + cstep) >> 1)));
+            }
+            const float* xa = x + 16 * c;
+            const float* xb = x + 16 * (c + cstep);
+            const float4 a0 = ldx4(xa), a1 = ldx4(xa + 4), a2 = ldx4(xa + 8), a3 = ldx4(xa + 12);
+            const float4 b0 = ldx4(xb), b1 = ldx4(xb + 4), b2 = ldx4(xb + 8), b3 = ldx4(xb + 12);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = dot4_i8(qa[r].x, a0, 0.0f);
+                s = dot4_i8(qa[r].y, a1, s);
+                s = dot4_i8(qa[r].z, a2, s);
+                s = dot4_i8(qa[r].w, a3, s);
+                acc[r] = fmaf(da[r], s, acc[r]);
+                float t = dot4_i8(qb[r].x, b0, 0.0f);
+                t = dot4_i8(qb[r].y, b1, t);
+                t = dot4_i8(qb[r].z, b2, t);
+                t = dot4_i8(qb[r].w, b3, t);
+                acc[r] = fmaf(db[r], t, acc[r]);
+            }
+        }
+        if (c < n) one<R>(r0, rb, rmax, x, B, c, acc);
+    }
+};
+
+// F16: a chunk is 8 values.
+struct FastF16 {
+    static constexpr int BLK = 1;
+    template <int R>
+    static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int row_len, int B,
+                                               int c0, int cstep, float* acc, const u64* grid) {
+        const int n = row_len >> 3;
+#pragma unroll 2
+        for (int c = c0; c < n; c += cstep) {
+            const float4 x0 = ldx4(x + 8 * c), x1 = ldx4(x + 8 * c + 4);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
+                float s = acc[r];
+                s = fmaf(h2f((u16)(q.x & 0xffff)), x0.x, s);
+                s = fmaf(h2f((u16)(q.x >> 16)), x0.y, s);
+                s = fmaf(h2f((u16)(q.y & 0xffff)), x0.z, s);
+                s = fmaf(h2f((u16)(q.y >> 16)), x0.w, s);
+                s = fmaf(h2f((u16)(q.z & 0xffff)), x1.x, s);
+                s = fmaf(h2f((u16)(q.z >> 16)), x1.y, s);
+                s = fmaf(h2f((u16)(q.w & 0xffff)), x1.z, s);
+                s = fmaf(h2f((u16)(q.w >> 16)), x1.w, s);
+                acc[r] = s;
+            }
+        }
+    }
+};
+
+// IQ2_XXS group of 32 values (8 bytes: a0 = 4 grid indices, a1 = 4 sign
+// indices + scale): sum over the group of w * x, scaled once by db. The
+// grid rows come from shared memory (2 KB, one 8-byte load per 8 values).
+__device__ __forceinline__ float iq2_group(u32 a0, u32 a1, float d, const float* __restrict__ x,
+                                           const u64* grid) {
+    const float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+    float s = 0.0f;
+#pragma unroll
+    for (int l = 0; l < 4; l++) {
+        const u64 g = grid[(a0 >> (8 * l)) & 0xff];
+        const u32 sg = ksigns_iq2xs((a1 >> (7 * l)) & 127);
+        const u32 lo = (u32)g, hi = (u32)(g >> 32);
+        const float4 xa = ldx4(x + 8 * l), xb = ldx4(x + 8 * l + 4);
+        s = fmaf((sg & 1) ? -DS4_BYTE_F(lo, 0) : DS4_BYTE_F(lo, 0), xa.x, s);
+        s = fmaf((sg & 2) ? -DS4_BYTE_F(lo, 1) : DS4_BYTE_F(lo, 1), xa.y, s);
+        s = fmaf((sg & 4) ? -DS4_BYTE_F(lo, 2) : DS4_BYTE_F(lo, 2), xa.z, s);
+        s = fmaf((sg & 8) ? -DS4_BYTE_F(lo, 3) : DS4_BYTE_F(lo, 3), xa.w, s);
+        s = fmaf((sg & 16) ? -DS4_BYTE_F(hi, 0) : DS4_BYTE_F(hi, 0), xb.x, s);
+        s = fmaf((sg & 32) ? -DS4_BYTE_F(hi, 1) : DS4_BYTE_F(hi, 1), xb.y, s);
+        s = fmaf((sg & 64) ? -DS4_BYTE_F(hi, 2) : DS4_BYTE_F(hi, 2), xb.z, s);
+        s = fmaf((sg & 128) ? -DS4_BYTE_F(hi, 3) : DS4_BYTE_F(hi, 3), xb.w, s);
+    }
+    return db * s;
+}
+
+// IQ2_XXS: a chunk is one group, 8 bytes = 32 values.
+struct FastIQ2XXS {
+    static constexpr int BLK = 256;
+    template <int R>
+    static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int row_len, int B,
+                                               int c0, int cstep, float* acc, const u64* grid) {
+        const int n = row_len >> 5;
+        for (int c = c0; c < n; c += cstep) {
+            uint2 q[R];
+            float d[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                q[r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * c));
+                d[r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 3)));
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] += iq2_group(q[r].x, q[r].y, d[r], x + 32 * c, grid);
+        }
+    }
+};
+
+// Q2_K: a chunk is 16 bytes of qs = 64 values (4 runs of 16, 32 apart).
+struct FastQ2K {
+    static constexpr int BLK = 256;
+    template <int R>
+    static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
+                                               const float* __restrict__ x, int row_len, int B,
+                                               int c0, int cstep, float* acc, const u64* grid) {
+        const int n = row_len >> 6;
+        for (int c = c0; c < n; c += cstep) {
+            const int b = c >> 2, k = c & 3, h = k >> 1, hf = k & 1;
+            uint4 q[R];
+            uint2 sc[R];
+            u32 dd[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const u8* blk = DS4_ROW(r) + 80 * b;
+                q[r] = ld_stream16(blk + 16 * k);
+                sc[r] = __ldg((const uint2*)(blk + 64 + 8 * h));
+                dd[r] = ld_nc_u32(DS4_ROW(r) + 80 * B + 4 * b);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float* xj = x + 256 * b + 128 * h + 32 * j + 16 * hf;
+                const float4 x0 = ldx4(xj), x1 = ldx4(xj + 4), x2 = ldx4(xj + 8),
+                             x3 = ldx4(xj + 12);
+                float sx = x0.x + x0.y + x0.z + x0.w;
+                sx += x1.x + x1.y + x1.z + x1.w;
+                sx += x2.x + x2.y + x2.z + x2.w;
+                sx += x3.x + x3.y + x3.z + x3.w;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    // scales byte 8h + 2j + hf: byte (2j + hf) of the 8 loaded.
+                    const u32 sw = j < 2 ? sc[r].x : sc[r].y;
+                    const u32 s = (sw >> (8 * (2 * (j & 1) + hf))) & 0xff;
+                    const float dl = h2f((u16)(dd[r] & 0xffff)) * (float)(s & 15);
+                    const float ml = h2f((u16)(dd[r] >> 16)) * (float)(s >> 4);
+                    const u32 w0 = (q[r].x >> (2 * j)) & 0x03030303u;
+                    const u32 w1 = (q[r].y >> (2 * j)) & 0x03030303u;
+                    const u32 w2 = (q[r].z >> (2 * j)) & 0x03030303u;
+                    const u32 w3 = (q[r].w >> (2 * j)) & 0x03030303u;
+                    float sq = DS4_BYTE_F(w0, 0) * x0.x;
+                    sq = fmaf(DS4_BYTE_F(w0, 1), x0.y, sq);
+                    sq = fmaf(DS4_BYTE_F(w0, 2), x0.z, sq);
+                    sq = fmaf(DS4_BYTE_F(w0, 3), x0.w, sq);
+                    sq = fmaf(DS4_BYTE_F(w1, 0), x1.x, sq);
+                    sq = fmaf(DS4_BYTE_F(w1, 1), x1.y, sq);
+                    sq = fmaf(DS4_BYTE_F(w1, 2), x1.z, sq);
+                    sq = fmaf(DS4_BYTE_F(w1, 3), x1.w, sq);
+                    sq = fmaf(DS4_BYTE_F(w2, 0), x2.x, sq);
+                    sq = fmaf(DS4_BYTE_F(w2, 1), x2.y, sq);
+                    sq = fmaf(DS4_BYTE_F(w2, 2), x2.z, sq);
+                    sq = fmaf(DS4_BYTE_F(w2, 3), x2.w, sq);
+                    sq = fmaf(DS4_BYTE_F(w3, 0), x3.x, sq);
+                    sq = fmaf(DS4_BYTE_F(w3, 1), x3.y, sq);
+                    sq = fmaf(DS4_BYTE_F(w3, 2), x3.z, sq);
+                    sq = fmaf(DS4_BYTE_F(w3, 3), x3.w, sq);
+                    acc[r] = fmaf(dl, sq, acc[r]) - ml * sx;
+                }
+            }
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------
+// The GEMV driver.
+
+__device__ __forceinline__ int gemv_job(const MatJobs& js) {
+    int k = 0;
+    while (k + 1 < js.n && (int)blockIdx.x >= js.j[k + 1].block0) k++;
+    return k;
+}
+
+// The sum of the `add` rows (in order) plus the product, or the product.
+__device__ __forceinline__ float gemv_epilogue(const MatJob& J, int item, int row, float v) {
+    if (!J.add) return v;
+    float t = 0.0f;
+    for (int j = 0; j < J.add_n; j++) t += J.add[((i64)item * J.add_n + j) * J.add_stride + row];
+    return t + v;
+}
+
+template <class Fmt, int R>
+__device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid) {
+    __shared__ float part[DS4_GEMV_WARPS][R];
+    const MatJob& J = js.j[gemv_job(js)];
+    const int item = blockIdx.y;
+    if (item >= J.n_items) return;  // uniform over the block
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int ks = J.ksplit;
+    const int groups = DS4_GEMV_WARPS / ks;
+    const int g = warp / ks, s = warp % ks;
+    const int row0 = (((int)blockIdx.x - J.block0) * groups + g) * R;
+    const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
+    const int first = min(row0, J.n_rows - 1);
+    const u8* r0 = J.w + m * J.mat_bytes + (u64)first * J.row_bytes;
+    const int rmax = J.n_rows - 1 - first;
+    const int grp = first / J.x_grp_rows;
+    const float* xr = J.x + (i64)(item / J.x_div) * J.x_stride + (i64)grp * J.x_grp_stride;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    Fmt::template dot<R>(r0, J.row_bytes, rmax, xr, J.row_len, J.row_len / Fmt::BLK,
+                         lane + DS4_WARP * s, DS4_WARP * ks, acc, grid);
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    float* y = J.y + (i64)item * J.y_stride;
+    if (ks == 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (row0 + r < J.n_rows) y[row0 + r] = gemv_epilogue(J, item, row0 + r, acc[r]);
+        }
+        return;
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) part[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (s == 0 && lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float t = part[warp][r];
+            for (int q = 1; q < ks; q++) t += part[warp + q][r];
+            if (row0 + r < J.n_rows) y[row0 + r] = gemv_epilogue(J, item, row0 + r, t);
+        }
+    }
+}
+
+#define DS4_GEMV(NAME, FMT, R)                                                            \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) {           \
+        gemv_impl<FMT, R>(js, nullptr);                                           \
     }
 
-DS4_MATVEC(matvec_f32, deq_f32)
-DS4_MATVEC(matvec_f16, deq_f16)
-DS4_MATVEC(matvec_q8_0, deq_q8_0)
-DS4_MATVEC(matvec_q2_k, deq_q2_k)
-DS4_MATVEC(matvec_q4_k, deq_q4_k)
-DS4_MATVEC(matvec_iq2_xxs, deq_iq2_xxs)
+DS4_GEMV(gemv_any_f32, GenF32, 1)
+DS4_GEMV(gemv_any_f16, GenF16, 1)
+DS4_GEMV(gemv_any_q8_0, GenQ8_0, 1)
+DS4_GEMV(gemv_any_q2_k, GenQ2K, 1)
+DS4_GEMV(gemv_any_q4_k, GenQ4K, 1)
+DS4_GEMV(gemv_any_iq2_xxs, GenIQ2XXS, 1)
+DS4_GEMV(gemv_q8_0, FastQ8_0, 2)
+DS4_GEMV(gemv_f16, FastF16, 1)
+DS4_GEMV(gemv_q2_k, FastQ2K, 2)
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
+    __shared__ u64 grid[256];
+    grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
+    __syncthreads();
+    gemv_impl<FastIQ2XXS, 2>(js, grid);
+}
 
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).
-#define DS4_DEQUANT(NAME, DEQ)                                                                 \
-    extern "C" __global__ void NAME(const u8* __restrict__ w, u64 row_bytes, int n_rows,      \
-                                    int row_len, float* __restrict__ out) {                   \
-        const i64 n = (i64)n_rows * row_len;                                                  \
-        for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n;                       \
-             t += (i64)gridDim.x * blockDim.x) {                                              \
-            const int r = (int)(t / row_len), i = (int)(t % row_len);                         \
-            out[t] = DEQ(w + (u64)r * row_bytes, i);                                          \
-        }                                                                                     \
+#define DS4_DEQUANT(NAME, DEQ, BLK)                                                       \
+    extern "C" __global__ void NAME(const u8* __restrict__ w, u64 row_bytes, int n_rows,  \
+                                    int row_len, float* __restrict__ out) {               \
+        const i64 n = (i64)n_rows * row_len;                                              \
+        const int B = row_len / BLK;                                                      \
+        for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n;                   \
+             t += (i64)gridDim.x * blockDim.x) {                                          \
+            const int r = (int)(t / row_len), i = (int)(t % row_len);                    \
+            out[t] = DEQ(w + (u64)r * row_bytes, i, B);                                   \
+        }                                                                                 \
     }
 
-DS4_DEQUANT(dequant_f32, deq_f32)
-DS4_DEQUANT(dequant_f16, deq_f16)
-DS4_DEQUANT(dequant_q8_0, deq_q8_0)
-DS4_DEQUANT(dequant_q2_k, deq_q2_k)
-DS4_DEQUANT(dequant_q4_k, deq_q4_k)
-DS4_DEQUANT(dequant_iq2_xxs, deq_iq2_xxs)
+DS4_DEQUANT(dequant_f32, deq_f32, 1)
+DS4_DEQUANT(dequant_f16, deq_f16, 1)
+DS4_DEQUANT(dequant_q8_0, deq_q8_0, 32)
+DS4_DEQUANT(dequant_q2_k, deq_q2_k, 256)
+DS4_DEQUANT(dequant_q4_k, deq_q4_k, 256)
+DS4_DEQUANT(dequant_iq2_xxs, deq_iq2_xxs, 256)

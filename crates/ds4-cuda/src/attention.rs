@@ -5,9 +5,9 @@ use ds4_model::weights::{AttentionWeights, CompressorWeights, IndexerWeights};
 use ds4_model::Tensor;
 
 use crate::error::{CudaError, Result};
-use crate::gpu::{offset, Arg, NULL};
+use crate::gpu::{Arg, DevBuf, NULL};
 use crate::kv::CudaKv;
-use crate::ops::{Items, RopeRows, BLOCK, WARPS};
+use crate::ops::{Items, BLOCK, WARPS};
 use crate::{CudaAct, CudaBackend, CudaSelection};
 
 /// Dynamic shared memory for `n` floats, plus one 16-byte slot: ptxas may
@@ -26,34 +26,60 @@ impl CudaBackend {
         pos0: usize,
     ) -> Result<AttentionInputs<CudaAct>> {
         let cfg = &self.cfg;
-        let (t, hd, heads) = (n.rows, cfg.head_dim, cfg.n_head);
-        let q_latent = self.matmul(&w.q_a, n)?;
-        self.rms_rows(&q_latent, &q_latent, Some(&w.q_a_norm))?;
-        let q = self.matmul(&w.q_b, &q_latent)?;
-        // Per-head unweighted norm: the heads are rows of head_dim.
-        self.rms_raw(self.ptr(&q), self.ptr(&q), NULL, t * heads, hd)?;
-        self.rope(
-            layer,
-            RopeRows::new(self.ptr(&q), t * heads, hd, heads),
-            pos0,
-            false,
-        )?;
-        let kv = self.matmul(&w.kv, n)?;
-        self.rms_rows(&kv, &kv, Some(&w.kv_norm))?;
-        self.rope(layer, RopeRows::new(self.ptr(&kv), t, hd, 1), pos0, false)?;
-        if self.official() {
-            self.gpu.launch(
-                "fp8_rows",
-                (t as u32, 1, 1),
-                BLOCK,
-                0,
-                &[
-                    Arg::Ptr(self.ptr(&kv)),
-                    Arg::I32(hd as i32),
-                    Arg::I32((hd - cfg.n_rot) as i32),
-                ],
-            )?;
+        let (t, hd, heads, d) = (n.rows, cfg.head_dim, cfg.n_head, cfg.d_model);
+        let rank = cfg.q_lora_rank;
+        let q_latent = self.new_act(t, rank)?;
+        let kv = self.new_act(t, hd)?;
+        let pn = self.ptr(n);
+        let (qa, kvm) = (self.mat(&w.q_a)?, self.mat(&w.kv)?);
+        let jobs = [
+            (qa, Items::plain(t, pn, d, self.ptr(&q_latent), rank)),
+            (kvm, Items::plain(t, pn, d, self.ptr(&kv), hd)),
+        ];
+        if qa.ggml_type == kvm.ggml_type {
+            self.products(&jobs)?;
+        } else {
+            self.products(&jobs[..1])?;
+            self.products(&jobs[1..])?;
         }
+        let n_pairs = cfg.n_rot / 2;
+        let freqs = self.gpu.ptr(&self.ropes[layer]);
+        self.gpu.launch(
+            "qkv_post",
+            (t as u32, 2, 1),
+            BLOCK,
+            0,
+            &[
+                Arg::Ptr(self.ptr(&q_latent)),
+                Arg::Ptr(self.addr(&w.q_a_norm)?),
+                Arg::I32(rank as i32),
+                Arg::Ptr(self.ptr(&kv)),
+                Arg::Ptr(self.addr(&w.kv_norm)?),
+                Arg::I32(hd as i32),
+                Arg::Ptr(freqs),
+                Arg::I32(n_pairs as i32),
+                Arg::I32(pos0 as i32),
+                Arg::I32(self.official() as i32),
+                Arg::F32(cfg.rms_eps),
+            ],
+        )?;
+        let q = self.matmul(&w.q_b, &q_latent)?;
+        // Per-head unweighted norm and RoPE: the heads are rows of head_dim.
+        self.gpu.launch(
+            "head_norm_rope",
+            ((t * heads) as u32, 1, 1),
+            128,
+            0,
+            &[
+                Arg::Ptr(self.ptr(&q)),
+                Arg::I32(hd as i32),
+                Arg::I32(heads as i32),
+                Arg::Ptr(freqs),
+                Arg::I32(n_pairs as i32),
+                Arg::I32(pos0 as i32),
+                Arg::F32(cfg.rms_eps),
+            ],
+        )?;
         Ok(AttentionInputs { q, q_latent, kv })
     }
 
@@ -105,8 +131,18 @@ impl CudaBackend {
         n: &CudaAct,
         pos0: usize,
     ) -> Result<()> {
-        let a = self.matmul(&w.kv, n)?;
-        let score = self.matmul(&w.gate, n)?;
+        let (mk, mg) = (self.mat(&w.kv)?, self.mat(&w.gate)?);
+        let width = mk.n_rows;
+        let a = self.new_act(n.rows, width)?;
+        let score = self.new_act(n.rows, width)?;
+        let pn = self.ptr(n);
+        self.products(&[
+            (mk, Items::plain(n.rows, pn, n.width, self.ptr(&a), width)),
+            (
+                mg,
+                Items::plain(n.rows, pn, n.width, self.ptr(&score), width),
+            ),
+        ])?;
         let official = self.official();
         let l = &mut kv.layers[layer];
         let c = match kind {
@@ -133,34 +169,99 @@ impl CudaBackend {
                 "indexer rows must be 128 wide".into(),
             ));
         }
+        let ape = self.addr(&w.ape)?;
+        let norm = self.addr(&w.norm)?;
+        let freqs = self.gpu.ptr(&self.ropes[layer]);
+        let n_pairs = (self.cfg.n_rot / 2) as i32;
+        let kind_id = match kind {
+            CompressorKind::Attention => 0,
+            CompressorKind::Indexer => 1,
+        };
+        if n.rows == 1 {
+            // One token: the sequential kernel does it all in one block.
+            self.gpu.launch(
+                "compress_step",
+                (1, 1, 1),
+                BLOCK,
+                padded_smem(c.dim),
+                &[
+                    Arg::Ptr(self.gpu.ptr(&c.state_kv)),
+                    Arg::Ptr(self.gpu.ptr(&c.state_score)),
+                    Arg::Ptr(self.gpu.ptr(&c.rows)),
+                    Arg::I32(c.n_rows as i32),
+                    Arg::Ptr(self.ptr(&a)),
+                    Arg::Ptr(self.ptr(&score)),
+                    Arg::Ptr(ape),
+                    Arg::Ptr(norm),
+                    Arg::Ptr(freqs),
+                    Arg::I32(n_pairs),
+                    Arg::I32(pos0 as i32),
+                    Arg::I32(n.rows as i32),
+                    Arg::I32(r as i32),
+                    Arg::I32(c.dim as i32),
+                    Arg::I32(c.width as i32),
+                    Arg::I32(c.overlapping() as i32),
+                    Arg::I32(kind_id),
+                    Arg::I32(official as i32),
+                    Arg::F32(self.cfg.rms_eps),
+                ],
+            )?;
+            c.n_rows += emitted;
+            return Ok(());
+        }
+        // A batch: every completed window in parallel, then the state.
+        let first_p = (pos0 + 1).div_ceil(r) * r - 1;
+        if emitted > 0 {
+            self.gpu.launch(
+                "compress_emit",
+                (emitted as u32, 1, 1),
+                BLOCK,
+                padded_smem(c.dim),
+                &[
+                    Arg::Ptr(self.gpu.ptr(&c.state_kv)),
+                    Arg::Ptr(self.gpu.ptr(&c.state_score)),
+                    Arg::Ptr(self.gpu.ptr(&c.rows)),
+                    Arg::I32(c.n_rows as i32),
+                    Arg::Ptr(self.ptr(&a)),
+                    Arg::Ptr(self.ptr(&score)),
+                    Arg::Ptr(ape),
+                    Arg::Ptr(norm),
+                    Arg::Ptr(freqs),
+                    Arg::I32(n_pairs),
+                    Arg::I32(pos0 as i32),
+                    Arg::I32(first_p as i32),
+                    Arg::I32(r as i32),
+                    Arg::I32(c.dim as i32),
+                    Arg::I32(c.width as i32),
+                    Arg::I32(c.overlapping() as i32),
+                    Arg::I32(kind_id),
+                    Arg::I32(official as i32),
+                    Arg::F32(self.cfg.rms_eps),
+                ],
+            )?;
+        }
+        let last_emit = if emitted > 0 {
+            (first_p + (emitted - 1) * r) as i32
+        } else {
+            -1
+        };
         self.gpu.launch(
-            "compress_step",
-            (1, 1, 1),
+            "compress_state",
+            (((r * c.width) as u32).div_ceil(BLOCK), 1, 1),
             BLOCK,
-            padded_smem(c.dim),
+            0,
             &[
                 Arg::Ptr(self.gpu.ptr(&c.state_kv)),
                 Arg::Ptr(self.gpu.ptr(&c.state_score)),
-                Arg::Ptr(self.gpu.ptr(&c.rows)),
-                Arg::I32(c.n_rows as i32),
                 Arg::Ptr(self.ptr(&a)),
                 Arg::Ptr(self.ptr(&score)),
-                Arg::Ptr(self.addr(&w.ape)?),
-                Arg::Ptr(self.addr(&w.norm)?),
-                Arg::Ptr(self.gpu.ptr(&self.ropes[layer])),
-                Arg::I32((self.cfg.n_rot / 2) as i32),
+                Arg::Ptr(ape),
                 Arg::I32(pos0 as i32),
                 Arg::I32(n.rows as i32),
                 Arg::I32(r as i32),
-                Arg::I32(c.dim as i32),
                 Arg::I32(c.width as i32),
                 Arg::I32(c.overlapping() as i32),
-                Arg::I32(match kind {
-                    CompressorKind::Attention => 0,
-                    CompressorKind::Indexer => 1,
-                }),
-                Arg::I32(official as i32),
-                Arg::F32(self.cfg.rms_eps),
+                Arg::I32(last_emit),
             ],
         )?;
         c.n_rows += emitted;
@@ -201,35 +302,62 @@ impl CudaBackend {
                 pos0 + t - 1
             )));
         }
-        let q = self.matmul(&w.q_b, q_latent)?;
-        self.rope(
-            layer,
-            RopeRows::new(self.ptr(&q), t * heads, id, heads),
-            pos0,
-            false,
-        )?;
-        if self.official() {
-            self.gpu.launch(
-                "hadamard128_rows",
-                (((t * heads) as u32).div_ceil(WARPS), 1, 1),
-                BLOCK,
-                0,
-                &[
-                    Arg::Ptr(self.ptr(&q)),
-                    Arg::I32((t * heads) as i32),
-                    Arg::I32(1),
-                ],
-            )?;
+        let (mq, mp) = (self.mat(&w.q_b)?, self.mat(&w.proj)?);
+        let q = self.new_act(t, mq.n_rows)?;
+        let weights = self.new_act(t, mp.n_rows)?;
+        let jobs = [
+            (
+                mq,
+                Items::plain(
+                    t,
+                    self.ptr(q_latent),
+                    q_latent.width,
+                    self.ptr(&q),
+                    mq.n_rows,
+                ),
+            ),
+            (
+                mp,
+                Items::plain(t, self.ptr(n), n.width, self.ptr(&weights), mp.n_rows),
+            ),
+        ];
+        if mq.ggml_type == mp.ggml_type {
+            self.products(&jobs)?;
+        } else {
+            self.products(&jobs[..1])?;
+            self.products(&jobs[1..])?;
         }
-        let weights = self.matmul(&w.proj, n)?;
-        let scores = self.gpu.alloc::<f32>(t * visible_last)?;
-        // As the CPU computes it: an f32 square root, then an f32 division.
-        let scale = 1.0 / ((heads * id) as f32).sqrt();
         self.gpu.launch(
-            "index_scores",
-            ((visible_last as u32).div_ceil(WARPS), t as u32, 1),
+            "index_q_prep",
+            (((t * heads) as u32).div_ceil(WARPS), 1, 1),
             BLOCK,
             0,
+            &[
+                Arg::Ptr(self.ptr(&q)),
+                Arg::I32((t * heads) as i32),
+                Arg::I32(heads as i32),
+                Arg::Ptr(self.gpu.ptr(&self.ropes[layer])),
+                Arg::I32((cfg.n_rot / 2) as i32),
+                Arg::I32(pos0 as i32),
+                Arg::I32(self.official() as i32),
+            ],
+        )?;
+        let scores = self.gpu.buf::<f32>(t * visible_last)?;
+        // As the CPU computes it: an f32 square root, then an f32 division.
+        let scale = 1.0 / ((heads * id) as f32).sqrt();
+        if heads > 64 || id != 128 {
+            return Err(CudaError::Unsupported(format!(
+                "indexer of {heads} heads x {id} (at most 64 x 128)"
+            )));
+        }
+        // Rows per block: 8 (one per warp) for a decode step, so a few
+        // hundred rows still spread over the SMs; 64 for batches.
+        let rpb = if t < 4 { 8 } else { 64 };
+        self.gpu.launch(
+            "index_scores",
+            ((visible_last as u32).div_ceil(rpb), t as u32, 1),
+            BLOCK,
+            ((heads * 129 + heads + 8 * 128) * 4) as u32,
             &[
                 Arg::Ptr(self.gpu.ptr(&scores)),
                 Arg::I64(visible_last as i64),
@@ -241,15 +369,23 @@ impl CudaBackend {
                 Arg::F32(scale),
                 Arg::I32(pos0 as i32),
                 Arg::I32(rows.ratio as i32),
+                Arg::I32(rpb as i32),
             ],
         )?;
-        // Zeroed: rows of tokens that need no selection are never written.
-        let sel = self.gpu.zeros::<i32>(t * k)?;
+        // Rows of tokens that need no selection are never written: zero them
+        // (only batches starting at or below the threshold have such tokens).
+        let sel = if (pos0 + 1) / rows.ratio <= k {
+            DevBuf::owned(self.gpu.zeros::<i32>(t * k)?)
+        } else {
+            self.gpu.buf::<i32>(t * k)?
+        };
+        // The keys stay in shared memory when they fit (up to ~50K rows).
+        let cached = visible_last * 4 <= 200 * 1024;
         self.gpu.launch(
             "topk_select",
             (t as u32, 1, 1),
-            512,
-            0,
+            1024,
+            if cached { (visible_last * 4) as u32 } else { 0 },
             &[
                 Arg::Ptr(self.gpu.ptr(&sel)),
                 Arg::Ptr(self.gpu.ptr(&scores)),
@@ -257,6 +393,7 @@ impl CudaBackend {
                 Arg::I32(k as i32),
                 Arg::I32(pos0 as i32),
                 Arg::I32(rows.ratio as i32),
+                Arg::I32(cached as i32),
             ],
         )?;
         selection.sel = Some(sel);
@@ -306,28 +443,104 @@ impl CudaBackend {
             }
         }
         let out = self.new_act(t, heads * hd)?;
+        let sel_ptr = sel.map_or(NULL, |s| Arg::Ptr(self.gpu.ptr(s)));
+        let sinks_ptr = Arg::Ptr(self.addr(sinks)?);
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Warps (heads) per block, and keys per chunk: a decode step splits
+        // the keys so that ~2 blocks per SM share the work; a batch runs one
+        // chunk per (head group, token).
+        let hpb = 8usize.min(heads);
+        let (chunk, n_chunks) = if t < 4 {
+            let groups = heads.div_ceil(hpb);
+            let want = (264 / (groups * t)).max(1);
+            let chunk = max_keys.div_ceil(want).next_multiple_of(8).max(16);
+            (chunk, max_keys.div_ceil(chunk).max(1))
+        } else {
+            (max_keys.max(1), 1)
+        };
+        // Keys per shared-memory tile: a decode chunk in one load.
+        let tile = chunk.min(32);
+        let smem = (tile * hd + hpb * chunk) * 4 + 16;
+        let fits = hd % 128 == 0 && hd <= 512 && smem <= 200 * 1024;
+        if !fits {
+            self.gpu.launch(
+                "attend",
+                (heads as u32, t as u32, 1),
+                BLOCK,
+                padded_smem(max_keys),
+                &[
+                    Arg::Ptr(self.ptr(&out)),
+                    Arg::Ptr(self.ptr(q)),
+                    Arg::Ptr(self.gpu.ptr(&l.raw)),
+                    Arg::I32(l.raw_capacity as i32),
+                    Arg::Ptr(comp),
+                    Arg::I32(ratio as i32),
+                    sel_ptr,
+                    Arg::I32(cfg.indexer_top_k as i32),
+                    sinks_ptr,
+                    Arg::I32(heads as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(cfg.sliding_window as i32),
+                    Arg::I32(pos0 as i32),
+                    Arg::F32(scale),
+                ],
+            )?;
+            return Ok(out);
+        }
+        let parts = if n_chunks > 1 {
+            Some((
+                self.gpu.buf::<f32>(t * heads * n_chunks * hd)?,
+                self.gpu.buf::<f32>(t * heads * n_chunks * 2)?,
+            ))
+        } else {
+            None
+        };
+        let (po, pml) = parts
+            .as_ref()
+            .map_or((0, 0), |(o, m)| (self.gpu.ptr(o), self.gpu.ptr(m)));
         self.gpu.launch(
-            "attend",
-            (heads as u32, t as u32, 1),
-            BLOCK,
-            padded_smem(max_keys),
+            "attend_part",
+            (heads.div_ceil(hpb) as u32, n_chunks as u32, t as u32),
+            (hpb * 32) as u32,
+            smem as u32,
             &[
                 Arg::Ptr(self.ptr(&out)),
+                Arg::Ptr(po),
+                Arg::Ptr(pml),
                 Arg::Ptr(self.ptr(q)),
                 Arg::Ptr(self.gpu.ptr(&l.raw)),
                 Arg::I32(l.raw_capacity as i32),
                 Arg::Ptr(comp),
                 Arg::I32(ratio as i32),
-                sel.map_or(NULL, |s| Arg::Ptr(self.gpu.ptr(s))),
+                sel_ptr,
                 Arg::I32(cfg.indexer_top_k as i32),
-                Arg::Ptr(self.addr(sinks)?),
+                sinks_ptr,
                 Arg::I32(heads as i32),
                 Arg::I32(hd as i32),
                 Arg::I32(cfg.sliding_window as i32),
                 Arg::I32(pos0 as i32),
-                Arg::F32(1.0 / (hd as f32).sqrt()),
+                Arg::F32(scale),
+                Arg::I32(chunk as i32),
+                Arg::I32(tile as i32),
             ],
         )?;
+        if n_chunks > 1 {
+            self.gpu.launch(
+                "attend_combine",
+                (heads as u32, t as u32, 1),
+                (hd / 4).min(256) as u32,
+                0,
+                &[
+                    Arg::Ptr(self.ptr(&out)),
+                    Arg::Ptr(po),
+                    Arg::Ptr(pml),
+                    sinks_ptr,
+                    Arg::I32(heads as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(n_chunks as i32),
+                ],
+            )?;
+        }
         Ok(out)
     }
 
@@ -340,35 +553,34 @@ impl CudaBackend {
     ) -> Result<CudaAct> {
         let cfg = &self.cfg;
         let (hd, heads, t) = (cfg.head_dim, cfg.n_head, o.rows);
-        let rotated = CudaAct {
-            rows: o.rows,
-            width: o.width,
-            buf: self.gpu.copy(&o.buf)?,
-        };
-        self.rope(
-            layer,
-            RopeRows::new(self.ptr(&rotated), t * heads, hd, heads),
-            pos0,
-            true,
+        let rotated = self.new_act(o.rows, o.width)?;
+        self.gpu.launch(
+            "rope_copy",
+            ((t * heads) as u32, 1, 1),
+            128,
+            0,
+            &[
+                Arg::Ptr(self.ptr(&rotated)),
+                Arg::Ptr(self.ptr(o)),
+                Arg::I32(hd as i32),
+                Arg::I32(heads as i32),
+                Arg::Ptr(self.gpu.ptr(&self.ropes[layer])),
+                Arg::I32((cfg.n_rot / 2) as i32),
+                Arg::I32(pos0 as i32),
+            ],
         )?;
         let group_in = cfg.heads_per_group() * hd;
         let rank = cfg.o_lora_rank;
         let low = self.new_act(t, cfg.n_out_group * rank)?;
         let out_a = self.mat(&w.output_a)?;
-        for g in 0..cfg.n_out_group {
-            self.matvec(
-                out_a.rows(g * rank, rank),
-                Items {
-                    n: t,
-                    mat_ids: 0,
-                    x: offset::<f32>(self.ptr(&rotated), g * group_in),
-                    x_stride: o.width,
-                    x_div: 1,
-                    y: offset::<f32>(self.ptr(&low), g * rank),
-                    y_stride: low.width,
-                },
-            )?;
-        }
+        // All groups in one product: rows g·rank.. read x at g·group_in.
+        self.matvec(
+            out_a.rows(0, cfg.n_out_group * rank),
+            Items {
+                x_grp: Some((rank, group_in)),
+                ..Items::plain(t, self.ptr(&rotated), o.width, self.ptr(&low), low.width)
+            },
+        )?;
         self.matmul(&w.output_b, &low)
     }
 }

@@ -1,10 +1,18 @@
 //! The mixture-of-experts sublayer (MODEL.md 3.8).
+//!
+//! Decode: gate and up of the routed experts are one launch (the item's
+//! expert id picks the matrix), the shared expert's gate and up another,
+//! one SwiGLU over both, then the routed down projection and the shared
+//! one, whose epilogue also sums the routed outputs. Batches: the routed
+//! items are grouped by expert on the GPU and every expert's tile of tokens
+//! goes through the tensor-core GEMM, so each expert's weights are read
+//! once per tile instead of once per token.
 
 use ds4_model::weights::{FfnWeights, Routing};
 
 use crate::error::Result;
-use crate::gpu::{Arg, NULL};
-use crate::ops::{Items, BLOCK};
+use crate::gpu::{offset, Arg, NULL};
+use crate::ops::{Items, BLOCK, GEMM_MIN_ITEMS, WARPS};
 use crate::{CudaAct, CudaBackend, CudaRoutes};
 
 impl CudaBackend {
@@ -18,38 +26,38 @@ impl CudaBackend {
         let cfg = &self.cfg;
         let (t, e, k) = (n.rows, cfg.n_expert, cfg.n_expert_used);
         let logits = self.matmul(&w.router, n)?;
-        let scores = self.gpu.alloc::<f32>(t * e)?;
+        let scores = self.gpu.buf::<f32>(t * e)?;
         let routes = CudaRoutes {
             rows: t,
-            ids: self.gpu.alloc(t * k)?,
-            weights: self.gpu.alloc(t * k)?,
+            ids: self.gpu.buf(t * k)?,
+            weights: self.gpu.buf(t * k)?,
         };
         // Hash layers need the token ids on the device; learned ones do not.
-        let (tid2eid, bias, token_buf) = match &w.routing {
-            Routing::Hash { tid2eid } => {
-                let ids: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
-                (
-                    Arg::Ptr(self.addr(tid2eid)?),
-                    NULL,
-                    Some(self.gpu.upload(&ids)?),
-                )
-            }
-            Routing::Learned { bias: Some(b) } => (NULL, Arg::Ptr(self.addr(b)?), None),
-            Routing::Learned { bias: None } => (NULL, NULL, None),
+        let (tid2eid, bias, token_ids) = match &w.routing {
+            Routing::Hash { tid2eid } => (
+                Arg::Ptr(self.addr(tid2eid)?),
+                NULL,
+                Arg::Ptr(self.token_ids(tokens)?),
+            ),
+            Routing::Learned { bias: Some(b) } => (NULL, Arg::Ptr(self.addr(b)?), NULL),
+            Routing::Learned { bias: None } => (NULL, NULL, NULL),
         };
+        if e > 32 * 256 {
+            return Err(crate::error::CudaError::Unsupported(format!(
+                "{e} experts (routing handles at most 8192)"
+            )));
+        }
         self.gpu.launch(
             "route",
-            ((t as u32).div_ceil(64), 1, 1),
-            64,
+            ((t as u32).div_ceil(WARPS), 1, 1),
+            BLOCK,
             0,
             &[
                 Arg::Ptr(self.ptr(&logits)),
                 Arg::Ptr(self.gpu.ptr(&scores)),
                 bias,
                 tid2eid,
-                token_buf
-                    .as_ref()
-                    .map_or(NULL, |b| Arg::Ptr(self.gpu.ptr(b))),
+                token_ids,
                 Arg::Ptr(self.gpu.ptr(&routes.ids)),
                 Arg::Ptr(self.gpu.ptr(&routes.weights)),
                 Arg::I32(t as i32),
@@ -59,26 +67,6 @@ impl CudaBackend {
             ],
         )?;
         Ok(routes)
-    }
-
-    /// `h = w · silu(min(g, c)) ⊙ clamp(u, −c, c)` over `items` rows.
-    fn swiglu(&self, g: &CudaAct, u: &CudaAct, weights: Arg, clamp: f32) -> Result<CudaAct> {
-        let h = self.new_act(g.rows, g.width)?;
-        self.gpu.launch(
-            "swiglu",
-            ((g.width as u32).div_ceil(BLOCK), g.rows as u32, 1),
-            BLOCK,
-            0,
-            &[
-                Arg::Ptr(self.ptr(&h)),
-                Arg::Ptr(self.ptr(g)),
-                Arg::Ptr(self.ptr(u)),
-                weights,
-                Arg::I32(g.width as i32),
-                Arg::F32(clamp),
-            ],
-        )?;
-        Ok(h)
     }
 
     pub(crate) fn experts_impl(
@@ -93,34 +81,87 @@ impl CudaBackend {
         let clamp = cfg.swiglu_clamp[layer];
         let items = t * k;
         let ids = self.gpu.ptr(&routes.ids);
-        // Gate and up of every (token, slot) in one launch each: the item's
-        // expert id picks the matrix, its token the activation row.
-        let project = |tensor, x: &CudaAct, x_div: usize| -> Result<CudaAct> {
-            let m = self.mat(tensor)?;
-            let y = self.new_act(items, m.n_rows)?;
-            self.matvec(
-                m,
-                Items {
-                    n: items,
-                    mat_ids: ids,
-                    x: self.ptr(x),
-                    x_stride: x.width,
-                    x_div,
-                    y: self.ptr(&y),
-                    y_stride: m.n_rows,
-                },
-            )?;
-            Ok(y)
+        let (mg, mu, md) = (
+            self.mat(&w.gate_exps)?,
+            self.mat(&w.up_exps)?,
+            self.mat(&w.down_exps)?,
+        );
+        let (sg, su, sd) = (
+            self.mat(&w.gate_shared)?,
+            self.mat(&w.up_shared)?,
+            self.mat(&w.down_shared)?,
+        );
+        let ff = mg.n_rows;
+        // Rows 0..items: routed (token, slot) items; items..items + t: shared.
+        let g = self.new_act(items + t, ff)?;
+        let u = self.new_act(items + t, ff)?;
+        let h = self.new_act(items + t, ff)?;
+        let (pn, pg, pu, ph) = (self.ptr(n), self.ptr(&g), self.ptr(&u), self.ptr(&h));
+        let routed = |m, y, x, x_stride, x_div| Items {
+            mat_ids: ids,
+            x_div,
+            ..Items::plain(items, x, x_stride, y, m)
         };
-        let g = project(&w.gate_exps, n, k)?;
-        let u = project(&w.up_exps, n, k)?;
-        let h = self.swiglu(&g, &u, Arg::Ptr(self.gpu.ptr(&routes.weights)), clamp)?;
-        let y = project(&w.down_exps, &h, 1)?;
-        let gs = self.matmul(&w.gate_shared, n)?;
-        let us = self.matmul(&w.up_shared, n)?;
-        let hs = self.swiglu(&gs, &us, NULL, clamp)?;
-        let ys = self.matmul(&w.down_shared, &hs)?;
+        let shared_g = offset::<f32>(pg, items * ff);
+        let shared_u = offset::<f32>(pu, items * ff);
+        let shared_h = offset::<f32>(ph, items * ff);
+        let tiles = if t >= GEMM_MIN_ITEMS {
+            Some(self.expert_tiles(ids, items)?)
+        } else {
+            None
+        };
+        let up = [
+            (mg, routed(ff, pg, pn, d, k)),
+            (mu, routed(ff, pu, pn, d, k)),
+        ];
+        if !match &tiles {
+            Some(tl) => self.grouped(&up, tl)?,
+            None => false,
+        } {
+            self.products(&up)?;
+        }
+        self.products(&[
+            (sg, Items::plain(t, pn, d, shared_g, ff)),
+            (su, Items::plain(t, pn, d, shared_u, ff)),
+        ])?;
+        self.gpu.launch(
+            "swiglu",
+            ((ff as u32).div_ceil(BLOCK), (items + t) as u32, 1),
+            BLOCK,
+            0,
+            &[
+                Arg::Ptr(ph),
+                Arg::Ptr(pg),
+                Arg::Ptr(pu),
+                Arg::Ptr(self.gpu.ptr(&routes.weights)),
+                Arg::I32(items as i32),
+                Arg::I32(ff as i32),
+                Arg::F32(clamp),
+            ],
+        )?;
+        let y = self.new_act(items, d)?;
+        let down = [(md, routed(d, self.ptr(&y), ph, ff, 1))];
+        if !match &tiles {
+            Some(tl) => self.grouped(&down, tl)?,
+            None => false,
+        } {
+            self.products(&down)?;
+        }
         let out = self.new_act(t, d)?;
+        if tiles.is_none() {
+            // The shared down projection's epilogue adds the routed outputs
+            // (in slot order, as the CPU sums them) before its own product.
+            self.products(&[(
+                sd,
+                Items {
+                    add: Some((self.ptr(&y), k, d)),
+                    ..Items::plain(t, shared_h, ff, self.ptr(&out), d)
+                },
+            )])?;
+            return Ok(out);
+        }
+        let ys = self.new_act(t, d)?;
+        self.products(&[(sd, Items::plain(t, shared_h, ff, self.ptr(&ys), d))])?;
         self.gpu.launch(
             "sum_experts",
             ((d as u32).div_ceil(BLOCK), t as u32, 1),

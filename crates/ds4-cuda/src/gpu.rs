@@ -2,12 +2,13 @@
 //! kernels, and small helpers for buffers and launches.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 
 use crate::error::{CudaError, Result};
@@ -37,10 +38,103 @@ pub struct DeviceInfo {
     pub ptx_from_cache: bool,
 }
 
+/// Buffers up to this many elements are recycled through [`Pool`].
+pub const POOL_MAX_ELEMS: usize = 4 << 20;
+
+/// Freed small buffers by element count, for reuse. Decode allocates the
+/// same few dozen sizes every layer; reusing them saves an async alloc and
+/// free per buffer. Safe because all work runs on one stream: a buffer
+/// returned here is only handed to work queued after its last use.
+#[derive(Default)]
+pub struct Pool {
+    f32s: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    i32s: Mutex<HashMap<usize, Vec<CudaSlice<i32>>>>,
+    f64s: Mutex<HashMap<usize, Vec<CudaSlice<f64>>>>,
+}
+
+/// Element types the pool keeps.
+pub trait Pooled: DeviceRepr + Sized {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>>;
+}
+
+impl Pooled for f32 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.f32s
+    }
+}
+
+impl Pooled for i32 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.i32s
+    }
+}
+
+impl Pooled for f64 {
+    fn bucket(pool: &Pool) -> &Mutex<HashMap<usize, Vec<CudaSlice<Self>>>> {
+        &pool.f64s
+    }
+}
+
+/// A device buffer that goes back to its pool (if any) when dropped.
+pub struct DevBuf<T: Pooled> {
+    slice: Option<CudaSlice<T>>,
+    pool: Option<Arc<Pool>>,
+}
+
+impl<T: Pooled> DevBuf<T> {
+    /// A buffer that is simply freed when dropped.
+    pub fn owned(slice: CudaSlice<T>) -> Self {
+        Self {
+            slice: Some(slice),
+            pool: None,
+        }
+    }
+}
+
+impl<T: Pooled> Deref for DevBuf<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        self.slice.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl<T: Pooled> DerefMut for DevBuf<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        self.slice.as_mut().expect("buffer present until drop")
+    }
+}
+
+impl<T: Pooled> Drop for DevBuf<T> {
+    fn drop(&mut self) {
+        if let (Some(s), Some(p)) = (self.slice.take(), self.pool.as_ref()) {
+            if let Ok(mut m) = T::bucket(p).lock() {
+                m.entry(s.len()).or_default().push(s);
+            }
+        }
+    }
+}
+
+/// A pair of timing events around some stream work.
+pub struct Span {
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl Span {
+    /// Milliseconds between the two events (waits for the end event).
+    pub fn ms(&self) -> Result<f32> {
+        Ok(self.start.elapsed_ms(&self.end)?)
+    }
+}
+
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
+    pool: Arc<Pool>,
+    /// While `Some`, every launch is bracketed by timing events (per-kernel
+    /// profile for the bench; off otherwise).
+    profile: Mutex<Option<Vec<(&'static str, Span)>>>,
     pub info: DeviceInfo,
     max_smem_optin: usize,
     /// `DS4_CUDA_TRACE=1`: print every launch (for compute-sanitizer reports).
@@ -103,6 +197,8 @@ impl Gpu {
             ctx,
             stream,
             funcs,
+            pool: Arc::new(Pool::default()),
+            profile: Mutex::new(None),
             info,
             max_smem_optin,
             trace: std::env::var_os("DS4_CUDA_TRACE").is_some_and(|v| v == "1"),
@@ -120,6 +216,51 @@ impl Gpu {
             .ok_or_else(|| CudaError::Invalid(format!("kernel {name} is not loaded")))
     }
 
+    /// Starts recording a timing-event pair around every launch.
+    pub fn profile_start(&self) {
+        if let Ok(mut p) = self.profile.lock() {
+            *p = Some(Vec::new());
+        }
+    }
+
+    /// Stops recording; returns (kernel, launches, total ms) per kernel,
+    /// slowest first (waits for the GPU).
+    pub fn profile_take(&self) -> Result<Vec<(&'static str, usize, f64)>> {
+        let spans = self
+            .profile
+            .lock()
+            .map_err(|_| CudaError::Invalid("profile lock poisoned".into()))?
+            .take()
+            .unwrap_or_default();
+        let mut by: HashMap<&'static str, (usize, f64)> = HashMap::new();
+        for (name, span) in spans {
+            let e = by.entry(name).or_default();
+            e.0 += 1;
+            e.1 += f64::from(span.ms()?);
+        }
+        let mut v: Vec<_> = by.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(v)
+    }
+
+    /// Runs a launch, timed when profiling.
+    fn timed_launch(&self, name: &str, go: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut guard = match self.profile.lock() {
+            Ok(g) => g,
+            Err(_) => return go(),
+        };
+        let Some(list) = guard.as_mut() else {
+            drop(guard);
+            return go();
+        };
+        let key = self.funcs.get_key_value(name).map_or("?", |(k, _)| *k);
+        let start = self.event()?;
+        go()?;
+        let end = self.event()?;
+        list.push((key, Span { start, end }));
+        Ok(())
+    }
+
     /// Launches `name` on the backend's stream.
     pub fn launch(
         &self,
@@ -130,7 +271,9 @@ impl Gpu {
         args: &[Arg],
     ) -> Result<()> {
         let f = self.func(name)?;
-        if smem > 48 * 1024 {
+        // Above 48 KB of dynamic + static shared memory a kernel must opt
+        // in; kernels have up to a few KB static, so opt in well before.
+        if smem > 40 * 1024 {
             if smem as usize > self.max_smem_optin {
                 return Err(CudaError::Unsupported(format!(
                     "{name} needs {smem} bytes of shared memory, the device allows {}",
@@ -140,7 +283,10 @@ impl Gpu {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
-            )?;
+            )
+            .map_err(|e| {
+                CudaError::Invalid(format!("{name}: {smem} bytes of shared memory: {e:?}"))
+            })?;
         }
         if grid.1 > 65_535 || grid.2 > 65_535 {
             return Err(CudaError::Invalid(format!(
@@ -164,18 +310,102 @@ impl Gpu {
             block_dim: (block, 1, 1),
             shared_mem_bytes: smem,
         };
-        // SAFETY: each call site passes the argument list of the kernel's C
-        // signature, with device pointers to live buffers large enough for
-        // the launch (checked by the stage code that computes the shapes).
-        unsafe { b.launch(cfg) }?;
-        Ok(())
+        self.timed_launch(name, || {
+            // SAFETY: each call site passes the argument list of the kernel's
+            // C signature, with device pointers to live buffers large enough
+            // for the launch (checked by the stage code that computes the
+            // shapes).
+            unsafe { b.launch(cfg) }.map_err(|e| {
+                CudaError::Invalid(format!(
+                    "launch {name} grid {grid:?} block {block} smem {smem}: {e:?}"
+                ))
+            })?;
+            Ok(())
+        })
+    }
+
+    /// Launches `name` with one by-value struct argument (`MatJobs`,
+    /// `GemmJobs`: kernels whose C signature is exactly that struct).
+    pub fn launch_struct<S: DeviceRepr>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        arg: &S,
+    ) -> Result<()> {
+        let f = self.func(name)?;
+        if grid.1 > 65_535 || grid.2 > 65_535 {
+            return Err(CudaError::Invalid(format!(
+                "{name}: grid {grid:?} exceeds the y/z limit of 65535"
+            )));
+        }
+        if self.trace {
+            eprintln!("launch {name} grid {grid:?} block {block}");
+        }
+        let mut b = self.stream.launch_builder(f);
+        b.arg(arg);
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.timed_launch(name, || {
+            // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
+            // parameter, whose device pointers the caller built from live
+            // buffers sized for the launch.
+            unsafe { b.launch(cfg) }.map_err(|e| {
+                CudaError::Invalid(format!("launch {name} grid {grid:?} block {block}: {e:?}"))
+            })?;
+            Ok(())
+        })
+    }
+
+    /// A buffer from the pool (or a fresh one), contents unspecified: the
+    /// caller launches work that writes all of it before any read.
+    pub fn buf<T: Pooled>(&self, n: usize) -> Result<DevBuf<T>> {
+        let n = n.max(1);
+        if n > POOL_MAX_ELEMS {
+            return Ok(DevBuf::owned(self.alloc(n)?));
+        }
+        let reused = T::bucket(&self.pool)
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(&n).and_then(Vec::pop));
+        let slice = match reused {
+            Some(s) => s,
+            None => self.alloc(n)?,
+        };
+        Ok(DevBuf {
+            slice: Some(slice),
+            pool: Some(self.pool.clone()),
+        })
+    }
+
+    /// A timing event recorded now on the stream.
+    pub fn event(&self) -> Result<CudaEvent> {
+        Ok(self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
+    }
+
+    /// Times `f`'s stream work with a pair of events.
+    pub fn span<R>(&self, f: impl FnOnce() -> R) -> Result<(R, Span)> {
+        let start = self.event()?;
+        let r = f();
+        let end = self.event()?;
+        Ok((r, Span { start, end }))
     }
 
     /// An uninitialised buffer; callers launch a kernel that writes all of it.
     pub fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the contents are unspecified until written; every caller
         // fully overwrites the buffer before reading it.
-        Ok(unsafe { self.stream.alloc::<T>(n.max(1)) }?)
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
+            CudaError::Invalid(format!(
+                "allocating {n} elements of {} bytes: {e:?}",
+                std::mem::size_of::<T>()
+            ))
+        })
     }
 
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {

@@ -1,11 +1,12 @@
 //! Embedding, hyper-connections and the output head (MODEL.md 3.1, 3.9).
 
+use ds4_gguf::GgmlType;
 use ds4_model::backend::{BackendError, Result as BResult};
 use ds4_model::weights::HcWeights;
 use ds4_model::{Tensor, Weights};
 
-use crate::error::Result;
-use crate::gpu::{offset, Arg, NULL};
+use crate::error::{CudaError, Result};
+use crate::gpu::{offset, Arg, DevBuf};
 use crate::ops::{Items, BLOCK};
 use crate::{CudaAct, CudaBackend, CudaMix};
 
@@ -21,8 +22,7 @@ impl CudaBackend {
                 });
             }
         }
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let ids = self.gpu.upload(&ids)?;
+        let ids = self.token_ids(tokens)?;
         let x = self.new_act(tokens.len(), cfg.n_hc * cfg.d_model)?;
         self.gpu.launch(
             "embed_f16",
@@ -32,7 +32,7 @@ impl CudaBackend {
             &[
                 Arg::Ptr(self.ptr(&x)),
                 Arg::Ptr(self.addr(t)?),
-                Arg::Ptr(self.gpu.ptr(&ids)),
+                Arg::Ptr(ids),
                 Arg::I32(cfg.d_model as i32),
                 Arg::I32(cfg.n_hc as i32),
             ],
@@ -40,61 +40,102 @@ impl CudaBackend {
         Ok(x)
     }
 
-    /// `fn · RMSNorm(flatten(x))` per token: the mix values, `[T × fn rows]`.
-    fn mix_values(&self, func: &Tensor, x: u64, rows: usize) -> Result<CudaAct> {
+    /// Split-k partial products of the `fn` rows with the flat HC state of
+    /// `rows` tokens at `x`, and partial sums of squares (see `hc_dots`).
+    fn hc_dots(
+        &self,
+        func: &Tensor,
+        x: u64,
+        rows: usize,
+    ) -> Result<(DevBuf<f32>, DevBuf<f64>, usize)> {
         let width = self.cfg.n_hc * self.cfg.d_model;
-        let normed = self.new_act(rows, width)?;
-        self.rms_raw(self.ptr(&normed), x, NULL, rows, width)?;
-        self.matmul(func, &normed)
+        let n_rows = func.n_rows();
+        if func.ggml_type != GgmlType::F16 || func.row_len() != width {
+            return Err(CudaError::Unsupported(format!(
+                "{}: HC mixing needs F16 rows of {width}",
+                func.name
+            )));
+        }
+        // Splits of 1024 values keep ~400 blocks busy on the 24 mix rows.
+        let mut splits = (width / 1024).clamp(1, 32);
+        while !width.is_multiple_of(splits) {
+            splits -= 1;
+        }
+        let part = self.gpu.buf::<f32>(rows * n_rows * splits)?;
+        let ss = self.gpu.buf::<f64>(rows * splits)?;
+        if rows >= 8 {
+            let len = width / splits;
+            self.gpu.launch(
+                "hc_dots_batch",
+                (rows.div_ceil(8) as u32, splits as u32, 1),
+                BLOCK,
+                (8 * len * 4) as u32,
+                &[
+                    Arg::Ptr(self.addr(func)?),
+                    Arg::Ptr(x),
+                    Arg::I32(width as i32),
+                    Arg::I32(n_rows as i32),
+                    Arg::I32(splits as i32),
+                    Arg::I32(rows as i32),
+                    Arg::Ptr(self.gpu.ptr(&part)),
+                    Arg::Ptr(self.gpu.ptr(&ss)),
+                ],
+            )?;
+        } else {
+            self.gpu.launch(
+                "hc_dots",
+                (n_rows as u32, splits as u32, rows as u32),
+                BLOCK,
+                0,
+                &[
+                    Arg::Ptr(self.addr(func)?),
+                    Arg::Ptr(x),
+                    Arg::I32(width as i32),
+                    Arg::I32(n_rows as i32),
+                    Arg::I32(splits as i32),
+                    Arg::Ptr(self.gpu.ptr(&part)),
+                    Arg::Ptr(self.gpu.ptr(&ss)),
+                ],
+            )?;
+        }
+        Ok((part, ss, splits))
     }
 
     pub(crate) fn hc_pre_impl(&self, w: &HcWeights, x: &CudaAct) -> Result<(CudaAct, CudaMix)> {
         let cfg = &self.cfg;
         let (n, d, t) = (cfg.n_hc, cfg.d_model, x.rows);
-        let m = self.mix_values(&w.func, self.ptr(x), t)?;
+        if 2 * n + n * n > 96 {
+            return Err(CudaError::Unsupported(format!("{n} HC streams")));
+        }
+        let (part, ss, splits) = self.hc_dots(&w.func, self.ptr(x), t)?;
         let mix = CudaMix {
             rows: t,
-            buf: self.gpu.alloc(t * (n + n * n))?,
+            buf: self.gpu.buf(t * (n + n * n))?,
         };
-        let pre = self.gpu.alloc::<f32>(t * n)?;
+        let y = self.new_act(t, d)?;
+        let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
         self.gpu.launch(
-            "hc_mix",
-            ((t as u32).div_ceil(64), 1, 1),
-            64,
+            "hc_pre_finish",
+            (t as u32, 1, 1),
+            threads,
             0,
             &[
-                Arg::Ptr(self.ptr(&m)),
+                Arg::Ptr(self.gpu.ptr(&part)),
+                Arg::Ptr(self.gpu.ptr(&ss)),
+                Arg::I32(splits as i32),
                 Arg::Ptr(self.addr(&w.scale)?),
                 Arg::Ptr(self.addr(&w.base)?),
+                Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.gpu.ptr(&mix.buf)),
-                Arg::Ptr(self.gpu.ptr(&pre)),
-                Arg::I32(t as i32),
+                Arg::Ptr(self.ptr(&y)),
+                Arg::I32(d as i32),
                 Arg::I32(n as i32),
                 Arg::I32(cfg.sinkhorn_iters as i32),
                 Arg::F32(cfg.hc_eps),
+                Arg::F32(cfg.rms_eps),
             ],
         )?;
-        let y = self.new_act(t, d)?;
-        self.weighted_streams(self.ptr(&y), self.ptr(x), self.gpu.ptr(&pre), t)?;
         Ok((y, mix))
-    }
-
-    /// `y[t] = Σ_h a[t][h] · x[t][stream h]`.
-    fn weighted_streams(&self, y: u64, x: u64, a: u64, rows: usize) -> Result<()> {
-        let (n, d) = (self.cfg.n_hc, self.cfg.d_model);
-        self.gpu.launch(
-            "hc_weighted_sum",
-            ((d as u32).div_ceil(BLOCK), rows as u32, 1),
-            BLOCK,
-            0,
-            &[
-                Arg::Ptr(y),
-                Arg::Ptr(x),
-                Arg::Ptr(a),
-                Arg::I32(d as i32),
-                Arg::I32(n as i32),
-            ],
-        )
     }
 
     pub(crate) fn hc_post_impl(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> Result<()> {
@@ -132,39 +173,35 @@ impl CudaBackend {
         }
         let xs = offset::<f32>(self.ptr(x), rows.start * x.width);
         let hc = &weights.output_hc;
-        let m = self.mix_values(&hc.func, xs, r)?;
-        let a = self.gpu.alloc::<f32>(r * n)?;
+        let (part, ss, splits) = self.hc_dots(&hc.func, xs, r)?;
+        let z = self.new_act(r, d)?;
+        let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
         self.gpu.launch(
-            "head_weights",
-            (((r * n) as u32).div_ceil(64), 1, 1),
-            64,
+            "head_finish",
+            (r as u32, 1, 1),
+            threads,
             0,
             &[
-                Arg::Ptr(self.ptr(&m)),
+                Arg::Ptr(self.gpu.ptr(&part)),
+                Arg::Ptr(self.gpu.ptr(&ss)),
+                Arg::I32(splits as i32),
                 Arg::Ptr(self.addr(&hc.scale)?),
                 Arg::Ptr(self.addr(&hc.base)?),
-                Arg::Ptr(self.gpu.ptr(&a)),
-                Arg::I32(r as i32),
+                Arg::Ptr(xs),
+                Arg::I64(x.width as i64),
+                Arg::Ptr(self.addr(&weights.output_norm)?),
+                Arg::Ptr(self.ptr(&z)),
+                Arg::I32(d as i32),
                 Arg::I32(n as i32),
                 Arg::F32(cfg.hc_eps),
+                Arg::F32(cfg.rms_eps),
             ],
         )?;
-        let z = self.new_act(r, d)?;
-        self.weighted_streams(self.ptr(&z), xs, self.gpu.ptr(&a), r)?;
-        self.rms_rows(&z, &z, Some(&weights.output_norm))?;
         let out = self.mat(&weights.output)?;
         let logits = self.new_act(r, out.n_rows)?;
         self.matvec(
             out,
-            Items {
-                n: r,
-                mat_ids: 0,
-                x: self.ptr(&z),
-                x_stride: d,
-                x_div: 1,
-                y: self.ptr(&logits),
-                y_stride: out.n_rows,
-            },
+            Items::plain(r, self.ptr(&z), d, self.ptr(&logits), out.n_rows),
         )?;
         self.download_act(&logits)
     }

@@ -16,8 +16,9 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::{CudaError, Result};
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 5] = [
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
+    ("gemm.cu", include_str!("../kernels/gemm.cu")),
     ("hc.cu", include_str!("../kernels/hc.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("ffn.cu", include_str!("../kernels/ffn.cu")),
@@ -26,34 +27,56 @@ const FILES: [(&str, &str); 4] = [
 /// Every `extern "C"` kernel of the program; all are loaded at start-up and
 /// the NVRTC check verifies that each one is in the PTX.
 pub const KERNELS: &[&str] = &[
-    "matvec_f32",
-    "matvec_f16",
-    "matvec_q8_0",
-    "matvec_q2_k",
-    "matvec_q4_k",
-    "matvec_iq2_xxs",
+    "repack_rows",
+    "gemv_any_f32",
+    "gemv_any_f16",
+    "gemv_any_q8_0",
+    "gemv_any_q2_k",
+    "gemv_any_q4_k",
+    "gemv_any_iq2_xxs",
+    "gemv_q8_0",
+    "gemv_f16",
+    "gemv_q2_k",
+    "gemv_iq2_xxs",
     "dequant_f32",
     "dequant_f16",
     "dequant_q8_0",
     "dequant_q2_k",
     "dequant_q4_k",
     "dequant_iq2_xxs",
+    "gemm_q8_0",
+    "gemm_iq2_xxs",
+    "gemm_q2_k",
+    "gemm_q4_k",
+    "gemm_f16",
+    "expert_count",
+    "expert_tiles",
+    "expert_place",
     "embed_f16",
     "rms_norm",
-    "hc_mix",
-    "hc_weighted_sum",
-    "head_weights",
+    "hc_dots",
+    "hc_dots_batch",
+    "hc_pre_finish",
+    "head_finish",
     "hc_post",
     "fill_f32",
-    "rope_rows",
+    "spin_ns",
     "fp8_rows",
     "hadamard128_rows",
     "f16_round_rows",
     "append_raw",
     "compress_step",
+    "compress_emit",
+    "compress_state",
+    "qkv_post",
+    "head_norm_rope",
+    "index_q_prep",
+    "rope_copy",
     "index_scores",
     "topk_select",
     "attend",
+    "attend_part",
+    "attend_combine",
     "route",
     "swiglu",
     "sum_experts",
@@ -248,7 +271,9 @@ mod tests {
         let src = program_source();
         for k in KERNELS {
             assert!(
-                src.contains(&format!("void {k}(")) || src.contains(&format!("({k}, ")),
+                src.contains(&format!("void {k}("))
+                    || src.contains(&format!(") {k}("))
+                    || src.contains(&format!("({k}, ")),
                 "{k} is not in the kernel sources"
             );
         }

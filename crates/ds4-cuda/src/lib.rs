@@ -12,6 +12,7 @@
 //! `ds4-cuda-selftest` checks that on a GPU.
 
 mod attention;
+pub mod bench;
 pub mod error;
 mod ffn;
 pub mod gpu;
@@ -23,7 +24,7 @@ mod ops;
 mod payload;
 pub mod selftest;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaSlice;
 use ds4_gguf::{GgmlType, GgufFile};
@@ -36,7 +37,7 @@ use ds4_model::weights::{
 use ds4_model::{Config, Model, Tensor, Weights};
 
 pub use error::{CudaError, Result};
-pub use gpu::DeviceInfo;
+pub use gpu::{DevBuf, DeviceInfo};
 pub use kv::CudaKv;
 pub use memory::MemoryPlan;
 
@@ -61,21 +62,21 @@ impl Default for CudaOptions {
 pub struct CudaAct {
     pub rows: usize,
     pub width: usize,
-    pub buf: CudaSlice<f32>,
+    pub buf: DevBuf<f32>,
 }
 
 /// What HC-pre hands to HC-post: per token `post` (n_hc) then the Sinkhorn
 /// matrix (n_hc × n_hc), as in the CPU backend's `Mix`.
 pub struct CudaMix {
     pub rows: usize,
-    pub buf: CudaSlice<f32>,
+    pub buf: DevBuf<f32>,
 }
 
 /// Chosen experts (i32) and their weights, `[T × n_expert_used]` each.
 pub struct CudaRoutes {
     pub rows: usize,
-    pub ids: CudaSlice<i32>,
-    pub weights: CudaSlice<f32>,
+    pub ids: DevBuf<i32>,
+    pub weights: DevBuf<f32>,
 }
 
 /// Per token, the `indexer_top_k` compressed rows it attends to, ascending,
@@ -84,7 +85,7 @@ pub struct CudaRoutes {
 pub struct CudaSelection {
     pub rows: usize,
     pub pos0: usize,
-    pub sel: Option<CudaSlice<i32>>,
+    pub sel: Option<DevBuf<i32>>,
 }
 
 /// The model file's data section in VRAM.
@@ -118,6 +119,9 @@ pub struct CudaBackend {
     /// Rotary inverse frequencies per layer (host-computed, as the CPU does).
     ropes: Vec<CudaSlice<f32>>,
     plan: MemoryPlan,
+    /// The token ids of the last `embed`, on the device: hash routing of
+    /// the same batch reuses them instead of copying them again.
+    tokens: Mutex<Option<(Vec<u32>, DevBuf<i32>)>>,
 }
 
 /// Weight types the matrix kernels decode.
@@ -160,7 +164,31 @@ impl CudaBackend {
             weights,
             ropes,
             plan,
+            tokens: Mutex::new(None),
         })
+    }
+
+    /// The device address of `tokens` as i32 ids (uploaded once per batch).
+    pub(crate) fn token_ids(&self, tokens: &[u32]) -> Result<u64> {
+        let mut cache = self
+            .tokens
+            .lock()
+            .map_err(|_| CudaError::Invalid("token cache poisoned".into()))?;
+        if let Some((t, buf)) = cache.as_ref() {
+            if t.as_slice() == tokens {
+                return Ok(self.gpu.ptr(buf));
+            }
+        }
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let buf = DevBuf::owned(self.gpu.upload(&ids)?);
+        let p = self.gpu.ptr(&buf);
+        *cache = Some((tokens.to_vec(), buf));
+        Ok(p)
+    }
+
+    /// The device context (for tools that time or copy on the same stream).
+    pub fn gpu(&self) -> &gpu::Gpu {
+        &self.gpu
     }
 
     pub fn device_info(&self) -> &DeviceInfo {
@@ -196,7 +224,7 @@ impl CudaBackend {
         Ok(CudaAct {
             rows,
             width,
-            buf: self.gpu.upload(data)?,
+            buf: DevBuf::owned(self.gpu.upload(data)?),
         })
     }
 
@@ -265,7 +293,7 @@ impl CudaBackend {
             rows: s.len(),
             pos0,
             sel: if any {
-                Some(self.gpu.upload(&flat)?)
+                Some(DevBuf::owned(self.gpu.upload(&flat)?))
             } else {
                 None
             },
@@ -430,8 +458,9 @@ fn upload_data(gpu: &gpu::Gpu, file: &GgufFile) -> Result<DeviceWeights> {
         let mut dst = buf.slice_mut(i * CHUNK..i * CHUNK + chunk.len());
         gpu.stream.memcpy_htod(chunk, &mut dst)?;
     }
-    gpu.synchronize()?;
     let ptr = gpu.ptr(&buf);
+    ops::repack_file(gpu, file, ptr, base)?;
+    gpu.synchronize()?;
     Ok(DeviceWeights {
         _buf: buf,
         ptr,

@@ -1,17 +1,28 @@
 //! Building blocks the stages share: activations, RMS norms, RoPE and
-//! weight × activation products.
+//! weight × activation products (GEMV for a few rows, tensor-core GEMM for
+//! batches; see `kernels/matvec.cu` and `kernels/gemm.cu`).
 
-use ds4_gguf::GgmlType;
+use cudarc::driver::DeviceRepr;
+use ds4_gguf::{GgmlType, GgufFile};
 use ds4_model::Tensor;
 
 use crate::error::{CudaError, Result};
-use crate::gpu::{offset, Arg, NULL};
+use crate::gpu::{offset, Arg, DevBuf, Gpu, NULL};
 use crate::{CudaAct, CudaBackend};
 
 /// Threads per block of the row-parallel kernels.
 pub const BLOCK: u32 = 256;
 /// Warps per block of the warp-per-row kernels (BLOCK / 32).
 pub const WARPS: u32 = BLOCK / 32;
+
+/// Batches of at least this many items go through the tensor-core GEMM
+/// (when the format and shape allow), smaller ones through the GEMV.
+pub const GEMM_MIN_ITEMS: usize = 8;
+/// Weight rows and items of one GEMM tile (`MT_M`, `MT_N` in gemm.cu).
+pub const GEMM_TILE_ROWS: usize = 128;
+pub const GEMM_TILE_ITEMS: usize = 64;
+/// Warps the GEMV launches aim to keep in flight (132 SMs × ~32).
+const GEMV_TARGET_WARPS: usize = 4096;
 
 /// A weight matrix (or stack of matrices) on the device.
 #[derive(Clone, Copy, Debug)]
@@ -48,39 +59,156 @@ pub struct Items {
     pub x_div: usize,
     pub y: u64,
     pub y_stride: usize,
+    /// Output rows `g·rows..(g+1)·rows` read x shifted by `g·stride` floats
+    /// (the grouped output projection); `None`: one x for all rows.
+    pub x_grp: Option<(usize, usize)>,
+    /// GEMV only: `y = Σ_j add[(item·n + j)·stride + row] + W·x`, in j order.
+    pub add: Option<(u64, usize, usize)>,
 }
 
-/// Rows a RoPE launch rotates: `n_rows` rows of `width` at `x`, of which
-/// each run of `rows_per_token` (the heads of one token) shares a position.
-#[derive(Clone, Copy, Debug)]
-pub struct RopeRows {
-    pub x: u64,
-    pub n_rows: usize,
-    pub width: usize,
-    pub rows_per_token: usize,
-}
-
-impl RopeRows {
-    pub fn new(x: u64, n_rows: usize, width: usize, rows_per_token: usize) -> Self {
+impl Items {
+    /// `n` items reading rows of `x` (width `x_stride`) one to one, writing
+    /// rows of `y` (width `y_stride`).
+    pub fn plain(n: usize, x: u64, x_stride: usize, y: u64, y_stride: usize) -> Self {
         Self {
+            n,
+            mat_ids: 0,
             x,
-            n_rows,
-            width,
-            rows_per_token,
+            x_stride,
+            x_div: 1,
+            y,
+            y_stride,
+            x_grp: None,
+            add: None,
         }
     }
 }
 
-fn matvec_kernel(t: GgmlType) -> Result<&'static str> {
-    Ok(match t {
-        GgmlType::F32 => "matvec_f32",
-        GgmlType::F16 => "matvec_f16",
-        GgmlType::Q8_0 => "matvec_q8_0",
-        GgmlType::Q2_K => "matvec_q2_k",
-        GgmlType::Q4_K => "matvec_q4_k",
-        GgmlType::IQ2_XXS => "matvec_iq2_xxs",
+/// `MatJob` of matvec.cu (field order and types must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct MatJob {
+    w: u64,
+    mat_bytes: u64,
+    mat_ids: u64,
+    row_bytes: u64,
+    x: u64,
+    x_stride: i64,
+    y: u64,
+    y_stride: i64,
+    x_grp_stride: i64,
+    add: u64,
+    add_stride: i64,
+    n_rows: i32,
+    row_len: i32,
+    x_div: i32,
+    x_grp_rows: i32,
+    n_items: i32,
+    ksplit: i32,
+    block0: i32,
+    n_blocks: i32,
+    add_n: i32,
+    pad: i32,
+}
+
+const MAX_JOBS: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct MatJobs {
+    j: [MatJob; MAX_JOBS],
+    n: i32,
+    pad: i32,
+}
+
+// SAFETY: #[repr(C)] plain old data mirroring `MatJobs` of matvec.cu.
+unsafe impl DeviceRepr for MatJobs {}
+
+/// `GemmJob` of gemm.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GemmJob {
+    w: u64,
+    mat_bytes: u64,
+    row_bytes: u64,
+    x: u64,
+    x_stride: i64,
+    y: u64,
+    y_stride: i64,
+    x_grp_stride: i64,
+    tiles: u64,
+    items: u64,
+    n_rows: i32,
+    row_len: i32,
+    x_div: i32,
+    x_grp_rows: i32,
+    n_items: i32,
+    pad: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GemmJobs {
+    j: [GemmJob; 2],
+}
+
+// SAFETY: #[repr(C)] plain old data mirroring `GemmJobs` of gemm.cu.
+unsafe impl DeviceRepr for GemmJobs {}
+
+/// Routed-expert items grouped by expert on the device (see gemm.cu).
+pub struct ExpertTiles {
+    pub tiles: DevBuf<i32>,
+    pub items: DevBuf<i32>,
+    /// Upper bound of the tile count (the launch's grid.y).
+    pub max_tiles: usize,
+}
+
+/// The GEMV kernel for a format: fast (16-byte loads) when the shape allows,
+/// else the element-wise one. Returns (kernel, rows per warp, chunks per row).
+fn gemv_kernel(m: &Mat, its: &[Items]) -> Result<(&'static str, usize, usize)> {
+    let aligned = m.addr.is_multiple_of(16)
+        && its.iter().all(|it| {
+            it.x % 16 == 0 && it.x_stride % 4 == 0 && it.x_grp.is_none_or(|(_, s)| s % 4 == 0)
+        });
+    let l = m.row_len;
+    Ok(match m.ggml_type {
+        GgmlType::Q8_0 if aligned && l.is_multiple_of(256) => ("gemv_q8_0", 2, l / 16),
+        GgmlType::IQ2_XXS if aligned && l.is_multiple_of(1024) => ("gemv_iq2_xxs", 2, l / 32),
+        GgmlType::Q2_K if aligned && l.is_multiple_of(1024) => ("gemv_q2_k", 2, l / 64),
+        GgmlType::F16 if aligned && l.is_multiple_of(8) => ("gemv_f16", 1, l / 8),
+        GgmlType::F32 => ("gemv_any_f32", 1, l),
+        GgmlType::F16 => ("gemv_any_f16", 1, l),
+        GgmlType::Q8_0 => ("gemv_any_q8_0", 1, l),
+        GgmlType::Q2_K => ("gemv_any_q2_k", 1, l),
+        GgmlType::Q4_K => ("gemv_any_q4_k", 1, l),
+        GgmlType::IQ2_XXS => ("gemv_any_iq2_xxs", 1, l),
         other => return Err(CudaError::Unsupported(format!("{other} weight matrices"))),
     })
+}
+
+/// The tensor-core GEMM kernel for a format, if the shape allows one.
+fn gemm_kernel(m: &Mat, its: &[Items]) -> Option<&'static str> {
+    let ok = m.row_len.is_multiple_of(32)
+        && m.addr.is_multiple_of(16)
+        && its.iter().all(|it| {
+            it.add.is_none()
+                && it.x % 16 == 0
+                && it.x_stride % 4 == 0
+                && it
+                    .x_grp
+                    .is_none_or(|(r, s)| r % GEMM_TILE_ROWS == 0 && s % 4 == 0)
+        });
+    if !ok {
+        return None;
+    }
+    match m.ggml_type {
+        GgmlType::Q8_0 => Some("gemm_q8_0"),
+        GgmlType::IQ2_XXS => Some("gemm_iq2_xxs"),
+        GgmlType::Q2_K => Some("gemm_q2_k"),
+        GgmlType::Q4_K => Some("gemm_q4_k"),
+        GgmlType::F16 => Some("gemm_f16"),
+        _ => None,
+    }
 }
 
 pub fn dequant_kernel(t: GgmlType) -> Result<&'static str> {
@@ -98,12 +226,69 @@ pub fn dequant_kernel(t: GgmlType) -> Result<&'static str> {
 /// The largest grid.y a launch may have; longer item lists are split.
 const MAX_GRID_Y: usize = 65_535;
 
+/// Repacks rows of a matrix in place into the device layout (matvec.cu).
+/// Types other than Q8_0, IQ2_XXS and Q2_K are left as they are.
+pub fn repack(
+    gpu: &Gpu,
+    addr: u64,
+    t: GgmlType,
+    row_len: usize,
+    row_bytes: usize,
+    n_rows: usize,
+) -> Result<()> {
+    let kind = match t {
+        GgmlType::Q8_0 => 0,
+        GgmlType::IQ2_XXS => 1,
+        GgmlType::Q2_K => 2,
+        _ => return Ok(()),
+    };
+    if n_rows == 0 {
+        return Ok(());
+    }
+    gpu.launch(
+        "repack_rows",
+        (n_rows.min(16_384) as u32, 1, 1),
+        BLOCK,
+        row_bytes.next_multiple_of(16) as u32,
+        &[
+            Arg::Ptr(addr),
+            Arg::U64(row_bytes as u64),
+            Arg::I64(n_rows as i64),
+            Arg::I32(row_len as i32),
+            Arg::I32(kind),
+        ],
+    )
+}
+
+/// Repacks every matrix of the file once uploaded at `ptr` (file offset `base`).
+pub fn repack_file(gpu: &Gpu, file: &GgufFile, ptr: u64, base: usize) -> Result<()> {
+    for t in file.tensors() {
+        let Some(row_bytes) = t.ggml_type.row_bytes(t.dims[0]) else {
+            continue;
+        };
+        let row_bytes = row_bytes as usize;
+        if row_bytes == 0 || t.size == 0 {
+            continue;
+        }
+        let at = ptr + (file.data_offset as usize + t.offset as usize - base) as u64;
+        repack(
+            gpu,
+            at,
+            t.ggml_type,
+            t.dims[0] as usize,
+            row_bytes,
+            t.size as usize / row_bytes,
+        )?;
+    }
+    Ok(())
+}
+
 impl CudaBackend {
     pub(crate) fn new_act(&self, rows: usize, width: usize) -> Result<CudaAct> {
         Ok(CudaAct {
             rows,
             width,
-            buf: self.gpu.alloc(rows * width)?,
+            buf: self.gpu.buf(rows * width)?,
         })
     }
 
@@ -128,40 +313,221 @@ impl CudaBackend {
 
     /// `y[item] = W[mat(item)] · x[item / x_div]` for every item.
     pub(crate) fn matvec(&self, m: Mat, it: Items) -> Result<()> {
-        let kernel = matvec_kernel(m.ggml_type)?;
-        let grid_x = (m.n_rows as u32).div_ceil(WARPS);
-        // Splits keep whole x_div groups together, so x moves by whole rows.
-        let cap = MAX_GRID_Y / it.x_div * it.x_div;
-        let mut done = 0;
-        while done < it.n {
-            let n = (it.n - done).min(cap);
-            let ids = if it.mat_ids == 0 {
-                NULL
-            } else {
-                Arg::Ptr(offset::<i32>(it.mat_ids, done))
-            };
-            self.gpu.launch(
-                kernel,
-                (grid_x, n as u32, 1),
-                BLOCK,
-                0,
-                &[
-                    Arg::Ptr(m.addr),
-                    Arg::U64(m.mat_bytes as u64),
-                    ids,
-                    Arg::U64(m.row_bytes as u64),
-                    Arg::I32(m.n_rows as i32),
-                    Arg::I32(m.row_len as i32),
-                    Arg::Ptr(offset::<f32>(it.x, done / it.x_div * it.x_stride)),
-                    Arg::I64(it.x_stride as i64),
-                    Arg::I32(it.x_div as i32),
-                    Arg::Ptr(offset::<f32>(it.y, done * it.y_stride)),
-                    Arg::I64(it.y_stride as i64),
-                ],
-            )?;
-            done += n;
+        self.products(&[(m, it)])
+    }
+
+    /// Several products of one weight format, in as few launches as the
+    /// shapes allow: the GEMM for batches, else the GEMV (one launch for up
+    /// to four products).
+    pub(crate) fn products(&self, jobs: &[(Mat, Items)]) -> Result<()> {
+        let Some((m0, _)) = jobs.first() else {
+            return Ok(());
+        };
+        if jobs.iter().any(|(m, _)| m.ggml_type != m0.ggml_type) {
+            return Err(CudaError::Invalid(
+                "one launch takes one weight format".into(),
+            ));
+        }
+        let max_items = jobs.iter().map(|(_, it)| it.n).max().unwrap_or(0);
+        if max_items >= GEMM_MIN_ITEMS && jobs.iter().all(|(_, it)| it.mat_ids == 0) {
+            let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
+            if let Some(kernel) = gemm_kernel(m0, &its) {
+                for pair in jobs.chunks(2) {
+                    self.gemm(kernel, pair, None)?;
+                }
+                return Ok(());
+            }
+        }
+        for group in jobs.chunks(MAX_JOBS) {
+            self.gemv(group)?;
         }
         Ok(())
+    }
+
+    fn gemv(&self, jobs: &[(Mat, Items)]) -> Result<()> {
+        let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
+        let (kernel, r, chunks) = gemv_kernel(&jobs[0].0, &its)?;
+        // Splits keep whole x_div groups together, so x moves by whole rows.
+        let cap = jobs
+            .iter()
+            .map(|(_, it)| MAX_GRID_Y / it.x_div * it.x_div)
+            .min()
+            .unwrap_or(MAX_GRID_Y);
+        let max_items = jobs.iter().map(|(_, it)| it.n).max().unwrap_or(0);
+        let mut done = 0;
+        while done < max_items {
+            let mut js = MatJobs {
+                n: jobs.len() as i32,
+                ..Default::default()
+            };
+            let mut blocks = 0usize;
+            let mut grid_y = 0usize;
+            for (k, (m, it)) in jobs.iter().enumerate() {
+                let n = it.n.saturating_sub(done).min(cap);
+                let groups = m.n_rows.div_ceil(r);
+                let mut ks = 1usize;
+                while ks < 8 && groups * n.max(1) * ks < GEMV_TARGET_WARPS && chunks >= 64 * ks {
+                    ks *= 2;
+                }
+                let n_blocks = groups.div_ceil(8 / ks);
+                let (grp_rows, grp_stride) = it.x_grp.unwrap_or((i32::MAX as usize, 0));
+                let (add, add_n, add_stride) = it.add.unwrap_or((0, 0, 0));
+                js.j[k] = MatJob {
+                    w: m.addr,
+                    mat_bytes: m.mat_bytes as u64,
+                    mat_ids: if it.mat_ids == 0 {
+                        0
+                    } else {
+                        offset::<i32>(it.mat_ids, done)
+                    },
+                    row_bytes: m.row_bytes as u64,
+                    x: offset::<f32>(it.x, done / it.x_div * it.x_stride),
+                    x_stride: it.x_stride as i64,
+                    y: offset::<f32>(it.y, done * it.y_stride),
+                    y_stride: it.y_stride as i64,
+                    x_grp_stride: grp_stride as i64,
+                    add: if add == 0 {
+                        0
+                    } else {
+                        offset::<f32>(add, done * add_n * add_stride)
+                    },
+                    add_stride: add_stride as i64,
+                    n_rows: m.n_rows as i32,
+                    row_len: m.row_len as i32,
+                    x_div: it.x_div as i32,
+                    x_grp_rows: grp_rows as i32,
+                    n_items: n as i32,
+                    ksplit: ks as i32,
+                    block0: blocks as i32,
+                    n_blocks: n_blocks as i32,
+                    add_n: add_n as i32,
+                    pad: 0,
+                };
+                blocks += n_blocks;
+                grid_y = grid_y.max(n);
+            }
+            if grid_y > 0 {
+                self.gpu
+                    .launch_struct(kernel, (blocks as u32, grid_y as u32, 1), BLOCK, &js)?;
+            }
+            done += cap;
+        }
+        Ok(())
+    }
+
+    /// Up to two products of one format through the tensor-core kernel;
+    /// with `tiles`, the items come from a routed-expert tile table.
+    fn gemm(&self, kernel: &str, jobs: &[(Mat, Items)], tiles: Option<&ExpertTiles>) -> Result<()> {
+        let mut js = GemmJobs::default();
+        let mut grid_x = 0usize;
+        let mut grid_y = 0usize;
+        for (k, (m, it)) in jobs.iter().enumerate() {
+            let (grp_rows, grp_stride) = it.x_grp.unwrap_or((i32::MAX as usize, 0));
+            js.j[k] = GemmJob {
+                w: m.addr,
+                mat_bytes: m.mat_bytes as u64,
+                row_bytes: m.row_bytes as u64,
+                x: it.x,
+                x_stride: it.x_stride as i64,
+                y: it.y,
+                y_stride: it.y_stride as i64,
+                x_grp_stride: grp_stride as i64,
+                tiles: tiles.map_or(0, |t| self.gpu.ptr(&t.tiles)),
+                items: tiles.map_or(0, |t| self.gpu.ptr(&t.items)),
+                n_rows: m.n_rows as i32,
+                row_len: m.row_len as i32,
+                x_div: it.x_div as i32,
+                x_grp_rows: grp_rows as i32,
+                n_items: it.n as i32,
+                pad: 0,
+            };
+            grid_x = grid_x.max(m.n_rows.div_ceil(GEMM_TILE_ROWS));
+            grid_y = grid_y.max(match tiles {
+                Some(t) => t.max_tiles,
+                None => it.n.div_ceil(GEMM_TILE_ITEMS),
+            });
+        }
+        if grid_x == 0 || grid_y == 0 {
+            return Ok(());
+        }
+        if grid_y > MAX_GRID_Y {
+            return Err(CudaError::Invalid(format!(
+                "{kernel}: {grid_y} item tiles exceed one launch"
+            )));
+        }
+        self.gpu.launch_struct(
+            kernel,
+            (grid_x as u32, grid_y as u32, jobs.len() as u32),
+            BLOCK,
+            &js,
+        )
+    }
+
+    /// Routed-expert products over a tile table (the batched experts).
+    /// Returns false when the format has no tensor-core kernel.
+    pub(crate) fn grouped(&self, jobs: &[(Mat, Items)], tiles: &ExpertTiles) -> Result<bool> {
+        let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
+        let Some(kernel) = gemm_kernel(&jobs[0].0, &its) else {
+            return Ok(false);
+        };
+        for pair in jobs.chunks(2) {
+            self.gemm(kernel, pair, Some(tiles))?;
+        }
+        Ok(true)
+    }
+
+    /// Groups `n` items routed by `ids` (i32 expert per item) by expert.
+    pub(crate) fn expert_tiles(&self, ids: u64, n: usize) -> Result<ExpertTiles> {
+        let e = self.cfg.n_expert;
+        let max_tiles = n.div_ceil(GEMM_TILE_ITEMS) + e;
+        let counts = self.gpu.buf::<i32>(e)?;
+        let offsets = self.gpu.buf::<i32>(e)?;
+        let tiles = self.gpu.buf::<i32>(1 + 3 * max_tiles)?;
+        let items = self.gpu.buf::<i32>(n)?;
+        let warps_grid = ((e as u32).div_ceil(WARPS), 1, 1);
+        self.gpu.launch(
+            "expert_count",
+            warps_grid,
+            BLOCK,
+            0,
+            &[
+                Arg::Ptr(ids),
+                Arg::I32(n as i32),
+                Arg::Ptr(self.gpu.ptr(&counts)),
+                Arg::I32(e as i32),
+            ],
+        )?;
+        self.gpu.launch(
+            "expert_tiles",
+            (1, 1, 1),
+            32,
+            0,
+            &[
+                Arg::Ptr(self.gpu.ptr(&counts)),
+                Arg::I32(e as i32),
+                Arg::I32(GEMM_TILE_ITEMS as i32),
+                Arg::Ptr(self.gpu.ptr(&offsets)),
+                Arg::Ptr(self.gpu.ptr(&tiles)),
+            ],
+        )?;
+        self.gpu.launch(
+            "expert_place",
+            warps_grid,
+            BLOCK,
+            0,
+            &[
+                Arg::Ptr(ids),
+                Arg::I32(n as i32),
+                Arg::Ptr(self.gpu.ptr(&offsets)),
+                Arg::Ptr(self.gpu.ptr(&items)),
+                Arg::I32(e as i32),
+            ],
+        )?;
+        Ok(ExpertTiles {
+            tiles,
+            items,
+            max_tiles,
+        })
     }
 
     /// `y[t] = W · x[t]` for every row of `x` (a plain 2-D weight).
@@ -180,15 +546,7 @@ impl CudaBackend {
         let y = self.new_act(x.rows, m.n_rows)?;
         self.matvec(
             m,
-            Items {
-                n: x.rows,
-                mat_ids: 0,
-                x: self.ptr(x),
-                x_stride: x.width,
-                x_div: 1,
-                y: self.ptr(&y),
-                y_stride: m.n_rows,
-            },
+            Items::plain(x.rows, self.ptr(x), x.width, self.ptr(&y), m.n_rows),
         )?;
         Ok(y)
     }
@@ -211,10 +569,12 @@ impl CudaBackend {
         rows: usize,
         width: usize,
     ) -> Result<()> {
+        // One 16-byte load per thread for production rows.
+        let threads = (width / 4).next_multiple_of(32).clamp(32, 1024) as u32;
         self.gpu.launch(
             "rms_norm",
             (rows as u32, 1, 1),
-            BLOCK,
+            threads,
             0,
             &[
                 Arg::Ptr(out),
@@ -228,41 +588,6 @@ impl CudaBackend {
         )
     }
 
-    /// RoPE (layer `layer`'s frequencies) on the tails of `rows`, token `i`
-    /// of the batch at position `pos0 + i`.
-    pub(crate) fn rope(
-        &self,
-        layer: usize,
-        rows: RopeRows,
-        pos0: usize,
-        inverse: bool,
-    ) -> Result<()> {
-        let RopeRows {
-            x,
-            n_rows,
-            width,
-            rows_per_token,
-        } = rows;
-        let n_pairs = self.cfg.n_rot / 2;
-        let total = (n_rows * n_pairs) as u32;
-        self.gpu.launch(
-            "rope_rows",
-            (total.div_ceil(BLOCK).max(1), 1, 1),
-            BLOCK,
-            0,
-            &[
-                Arg::Ptr(x),
-                Arg::I32(n_rows as i32),
-                Arg::I32(width as i32),
-                Arg::I32(rows_per_token as i32),
-                Arg::Ptr(self.gpu.ptr(&self.ropes[layer])),
-                Arg::I32(n_pairs as i32),
-                Arg::I32(pos0 as i32),
-                Arg::I32(inverse as i32),
-            ],
-        )
-    }
-
     /// Dequantises a whole 2-D matrix to f32 on the device and copies it back
     /// (self-test of the block decoders).
     pub fn dequantize_tensor(&self, t: &Tensor) -> Result<Vec<f32>> {
@@ -270,8 +595,40 @@ impl CudaBackend {
         self.dequantize_mat(m)
     }
 
+    /// Uploads a matrix given as host bytes in its file block format and
+    /// repacks it into the device layout.
+    fn upload_matrix(
+        &self,
+        ggml_type: GgmlType,
+        row_len: usize,
+        n_rows: usize,
+        bytes: &[u8],
+    ) -> Result<(cudarc::driver::CudaSlice<u8>, Mat)> {
+        let row_bytes = ggml_type.row_bytes(row_len as u64).ok_or_else(|| {
+            CudaError::Invalid(format!("{row_len} is not whole {ggml_type} blocks"))
+        })? as usize;
+        if bytes.len() != row_bytes * n_rows {
+            return Err(CudaError::Invalid(
+                "upload_matrix: sizes do not match".into(),
+            ));
+        }
+        let w = self.gpu.upload(bytes)?;
+        let addr = self.gpu.ptr(&w);
+        repack(&self.gpu, addr, ggml_type, row_len, row_bytes, n_rows)?;
+        let m = Mat {
+            addr,
+            ggml_type,
+            row_len,
+            row_bytes,
+            n_rows,
+            mat_bytes: row_bytes * n_rows,
+        };
+        Ok((w, m))
+    }
+
     /// `W · x[t]` for a matrix given as host bytes in its block format (the
-    /// self-test's check of formats the model file lacks).
+    /// self-test's check of formats the model file lacks). Batches of at
+    /// least [`GEMM_MIN_ITEMS`] rows go through the tensor-core kernel.
     pub fn matmul_host(
         &self,
         ggml_type: GgmlType,
@@ -280,21 +637,10 @@ impl CudaBackend {
         bytes: &[u8],
         x: &[f32],
     ) -> Result<Vec<f32>> {
-        let row_bytes = ggml_type.row_bytes(row_len as u64).ok_or_else(|| {
-            CudaError::Invalid(format!("{row_len} is not whole {ggml_type} blocks"))
-        })? as usize;
-        if bytes.len() != row_bytes * n_rows || !x.len().is_multiple_of(row_len) {
+        if !x.len().is_multiple_of(row_len) {
             return Err(CudaError::Invalid("matmul_host: sizes do not match".into()));
         }
-        let w = self.gpu.upload(bytes)?;
-        let m = Mat {
-            addr: self.gpu.ptr(&w),
-            ggml_type,
-            row_len,
-            row_bytes,
-            n_rows,
-            mat_bytes: row_bytes * n_rows,
-        };
+        let (_w, m) = self.upload_matrix(ggml_type, row_len, n_rows, bytes)?;
         let xa = self.upload_act(x.len() / row_len, row_len, x)?;
         let y = self.matmul_mat(m, &xa)?;
         self.download_act(&y)
@@ -308,23 +654,8 @@ impl CudaBackend {
         n_rows: usize,
         bytes: &[u8],
     ) -> Result<Vec<f32>> {
-        let row_bytes = ggml_type.row_bytes(row_len as u64).ok_or_else(|| {
-            CudaError::Invalid(format!("{row_len} is not whole {ggml_type} blocks"))
-        })? as usize;
-        if bytes.len() != row_bytes * n_rows {
-            return Err(CudaError::Invalid(
-                "dequantize_host: sizes do not match".into(),
-            ));
-        }
-        let w = self.gpu.upload(bytes)?;
-        self.dequantize_mat(Mat {
-            addr: self.gpu.ptr(&w),
-            ggml_type,
-            row_len,
-            row_bytes,
-            n_rows,
-            mat_bytes: row_bytes * n_rows,
-        })
+        let (_w, m) = self.upload_matrix(ggml_type, row_len, n_rows, bytes)?;
+        self.dequantize_mat(m)
     }
 
     pub(crate) fn dequantize_mat(&self, m: Mat) -> Result<Vec<f32>> {

@@ -154,21 +154,64 @@ fn formats(c: &mut Ctx, report: &mut Report) -> Res<()> {
     let mut q4 = vec![0u8; rows * (len / 256) * 144];
     ds4_quant::quantize(BlockFormat::Q4_K, &values, &mut q4)?;
     cases.push(("random".into(), GgmlType::Q4_K, len, rows, q4));
+    // Production widths (the 16-byte GEMV kernels and full GEMM tiles).
+    for (t, row_len, n_rows) in [
+        (GgmlType::Q8_0, 4096, 160),
+        (GgmlType::IQ2_XXS, 4096, 136),
+        (GgmlType::Q2_K, 2048, 130),
+        (GgmlType::Q4_K, 4096, 40),
+        (GgmlType::F16, 4096, 72),
+    ] {
+        let bytes = random_blocks(&mut c.rng, t, row_len, n_rows);
+        cases.push((format!("random {row_len}"), t, row_len, n_rows, bytes));
+    }
     for (name, t, row_len, n_rows, bytes) in cases {
         let mut want = vec![0f32; row_len * n_rows];
         ds4_quant::dequantize(format_of(t), &bytes, &mut want)?;
         let got = c.gpu.dequantize_host(t, row_len, n_rows, &bytes)?;
         report.identical(&format!("dequant {t} ({name})"), &got, &want);
-        let n_tok = 3;
-        let x = uniform(&mut c.rng, n_tok * row_len, 1.0);
-        let got = c.gpu.matmul_host(t, row_len, n_rows, &bytes, &x)?;
-        let mut want = vec![0f32; n_tok * n_rows];
-        for (xt, yt) in x.chunks_exact(row_len).zip(want.chunks_exact_mut(n_rows)) {
-            ds4_quant::matvec(format_of(t), &bytes, n_rows, xt, yt)?;
+        // 3 rows: the GEMV; 37: the tensor-core GEMM (a partial tile).
+        for n_tok in [3, 37] {
+            let x = uniform(&mut c.rng, n_tok * row_len, 1.0);
+            let got = c.gpu.matmul_host(t, row_len, n_rows, &bytes, &x)?;
+            let mut want = vec![0f32; n_tok * n_rows];
+            for (xt, yt) in x.chunks_exact(row_len).zip(want.chunks_exact_mut(n_rows)) {
+                ds4_quant::matvec(format_of(t), &bytes, n_rows, xt, yt)?;
+            }
+            report.compare(&format!("matvec {t} x{n_tok} ({name})"), &got, &want);
         }
-        report.compare(&format!("matvec {t} ({name})"), &got, &want);
     }
     Ok(())
+}
+
+/// Random blocks of a format with sane scales (f16 values ~1e-2).
+fn random_blocks(rng: &mut ChaCha8Rng, t: GgmlType, row_len: usize, n_rows: usize) -> Vec<u8> {
+    let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    if t == GgmlType::F16 {
+        return (0..row_len * n_rows)
+            .flat_map(|_| f16(rng.random_range(-0.05f32..0.05)))
+            .collect();
+    }
+    let (elems, bytes) = (t.block_elems() as usize, t.block_bytes() as usize);
+    let n_blocks = row_len / elems * n_rows;
+    let mut out = vec![0u8; n_blocks * bytes];
+    rng.fill(&mut out[..]);
+    for blk in out.chunks_exact_mut(bytes) {
+        let mut put = |at: usize, v: f32| blk[at..at + 2].copy_from_slice(&f16(v));
+        match t {
+            GgmlType::Q8_0 | GgmlType::IQ2_XXS => put(0, rng.random_range(0.001f32..0.02)),
+            GgmlType::Q2_K => {
+                put(80, rng.random_range(0.001f32..0.02));
+                put(82, rng.random_range(0.001f32..0.02));
+            }
+            GgmlType::Q4_K => {
+                put(0, rng.random_range(0.001f32..0.02));
+                put(2, rng.random_range(0.001f32..0.02));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The official numerics' simulations must be bit-identical to numerics.rs.
@@ -407,14 +450,21 @@ fn attention(c: &mut Ctx, report: &mut Report, il: usize, plan: &Plan) -> Res<()
 }
 
 fn ffn(c: &mut Ctx, report: &mut Report, il: usize) -> Res<()> {
+    // 6 tokens: the decode kernels; 40: experts grouped on the tensor cores.
+    for t in [6, 40] {
+        ffn_batch(c, report, il, t)?;
+    }
+    Ok(())
+}
+
+fn ffn_batch(c: &mut Ctx, report: &mut Report, il: usize, t: usize) -> Res<()> {
     let cfg = c.model.config.clone();
     let tag = if il < cfg.n_hash_layer {
-        "hash"
+        format!("hash, {t} tokens")
     } else {
-        "learned"
+        format!("learned, {t} tokens")
     };
     let w = &c.model.weights.layers[il].ffn;
-    let t = 6;
     let tokens: Vec<u32> = (0..t)
         .map(|_| c.rng.random_range(0..cfg.vocab_size as u32))
         .collect();
