@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
 use ds4_engine::{Control, EngineError, EngineOptions, Sampler, SamplingParams};
-use ds4_model::payload::{PayloadHeader, SessionPayload};
+use ds4_model::payload::PayloadHeader;
 
 /// Decodes `steps` greedy tokens, returning every logits vector.
 fn decode(
@@ -78,12 +78,11 @@ fn payload_round_trip_is_byte_identical_and_resumes() {
     }
 }
 
-/// The payload does not depend on the prefill chunking. Batches of two or
-/// more tokens compute every row the same way on the CPU backend, so their
-/// payloads are byte-identical (except the prefill-chunk and ring-size header fields); a
-/// batch of one token takes the matrix-vector kernels, which round
-/// differently in the last bits, so token-by-token prefill is compared to
-/// rounding (structure exact).
+/// The payload does not depend on the prefill chunking: the CPU backend
+/// computes every token's values independently of its batch, and export
+/// resets stale compressor slots (canonical form), so token-by-token and
+/// batched prefills give byte-identical payloads (except the prefill-chunk
+/// and ring-size header fields, which describe the session, not the state).
 #[test]
 fn payload_is_canonical_across_batch_sizes() {
     for n in BOTH {
@@ -100,13 +99,13 @@ fn payload_is_canonical_across_batch_sizes() {
             e.sync(&mut s, &prompt, Control::default()).unwrap();
             let mut b = e.export_payload(&s).unwrap();
             // Header fields 3 and 4: the prefill chunk and the physical ring
-            // (window + chunk on the CPU) describe the session, not the state.
+            // (window + chunk on the CPU).
             b[12..20].fill(0);
-            (e, b)
+            b
         };
-        let (e, whole) = payload_with(38);
-        for chunk in [2, 5, 8] {
-            let other = payload_with(chunk).1;
+        let whole = payload_with(38);
+        for chunk in [1, 2, 5, 8] {
+            let other = payload_with(chunk);
             let first = other.iter().zip(&whole).position(|(a, b)| a != b);
             assert!(
                 other.len() == whole.len() && first.is_none(),
@@ -114,43 +113,6 @@ fn payload_is_canonical_across_batch_sizes() {
                 whole.len()
             );
         }
-        let (_, single) = payload_with(1);
-        assert_eq!(single.len(), whole.len());
-        let a = SessionPayload::decode(&single, e.config(), 96).unwrap();
-        let b = SessionPayload::decode(&whole, e.config(), 96).unwrap();
-        assert_eq!(a.tokens, b.tokens);
-        // Official numerics round rows to FP8/FP4 grids, where a last-bit
-        // difference can move a value by one grid step.
-        let tol = if n == ds4_model::numerics::Numerics::Exact {
-            1e-5
-        } else {
-            5e-2
-        };
-        for (la, lb) in a.state.layers.iter().zip(&b.state.layers) {
-            let rel = rel_l2(&la.raw, &lb.raw);
-            assert!(rel < tol, "{n:?}: raw rows rel {rel}");
-            for (ca, cb) in [(&la.attn, &lb.attn), (&la.index, &lb.index)] {
-                if let (Some(ca), Some(cb)) = (ca, cb) {
-                    assert_eq!(ca.n_rows, cb.n_rows);
-                    // Stale slots are reset identically (canonical form).
-                    let empty = |c: &ds4_model::payload::CompressorState| {
-                        c.state_score
-                            .iter()
-                            .map(|&v| v == -1e30)
-                            .collect::<Vec<_>>()
-                    };
-                    assert_eq!(empty(ca), empty(cb));
-                    if n == ds4_model::numerics::Numerics::Exact {
-                        assert!(rel_l2(&ca.rows, &cb.rows) < 1e-4);
-                    }
-                }
-            }
-        }
-        eprintln!(
-            "{n:?}: token-by-token vs batched logits rel {:.2e}",
-            rel_l2(&a.logits, &b.logits)
-        );
-        assert!(rel_l2(&a.logits, &b.logits) < tol);
     }
 }
 
@@ -184,14 +146,13 @@ fn rewind_to_shorter_and_diverging_prompts_matches_fresh_runs() {
         assert_bit_identical(s.logits(), &fresh(&other), "diverging prompt");
 
         // A rewind point that is not chunk-aligned (prompt end at 21):
-        // resuming from it batches differently, equal to rounding.
+        // resuming from it batches differently, which changes nothing.
         let mut s2 = e.new_session().unwrap();
         e.sync(&mut s2, &base[..21], Control::default()).unwrap();
         e.sync(&mut s2, &base, Control::default()).unwrap();
         let r = e.sync(&mut s2, &base[..27], Control::default()).unwrap();
         assert_eq!(r.rewound_to, Some(21));
-        let rel = rel_l2(s2.logits(), &fresh(&base[..27]));
-        assert!(rel < 1e-5, "{n:?}: unaligned rewind rel {rel}");
+        assert_bit_identical(s2.logits(), &fresh(&base[..27]), "unaligned rewind");
 
         // No usable point (diverges at 3): refill from scratch.
         let mut third = base[..3].to_vec();
