@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ds4_text::{EncodeMode, Tokenizer};
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut docs_path = None;
     let mut tok_path = format!(
@@ -25,36 +25,32 @@ fn main() {
     let mut dump = None;
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--tokenizer" => tok_path = args.next().expect("--tokenizer PATH"),
-            "--dump" => dump = Some(args.next().expect("--dump PATH")),
-            "--runs" => runs = args.next().expect("--runs N").parse().expect("number"),
+            "--tokenizer" => tok_path = args.next().ok_or("--tokenizer PATH")?,
+            "--dump" => dump = Some(args.next().ok_or("--dump PATH")?),
+            "--runs" => runs = args.next().ok_or("--runs N")?.parse()?,
             _ => docs_path = Some(a),
         }
     }
     let docs_path =
-        docs_path.expect("usage: bench_encode DOCS.jsonl [--tokenizer PATH] [--runs N]");
-    let docs: Vec<String> = std::fs::read_to_string(&docs_path)
-        .expect("read docs")
+        docs_path.ok_or("usage: bench_encode DOCS.jsonl [--tokenizer PATH] [--runs N]")?;
+    let docs: Vec<String> = std::fs::read_to_string(&docs_path)?
         .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is a JSON string"))
-        .collect();
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     let bytes: usize = docs.iter().map(String::len).sum();
     let mb = bytes as f64 / 1e6;
 
     let t = Instant::now();
-    let tok = Tokenizer::from_tokenizer_json(
-        &std::fs::read_to_string(&tok_path).expect("read tokenizer"),
-    )
-    .expect("load tokenizer");
+    let tok = Tokenizer::from_tokenizer_json(&std::fs::read_to_string(&tok_path)?)?;
     let load_s = t.elapsed().as_secs_f64();
 
     if let Some(path) = dump {
         let mut out = String::new();
         for d in &docs {
-            out.push_str(&serde_json::to_string(&tok.encode_with(d, EncodeMode::Hf)).expect("ids"));
+            out.push_str(&serde_json::to_string(&tok.encode_with(d, EncodeMode::Hf))?);
             out.push('\n');
         }
-        std::fs::write(path, out).expect("write dump");
+        std::fs::write(path, out)?;
     }
 
     let pass = || {
@@ -87,4 +83,5 @@ fn main() {
     println!("load_s={load_s:.3}");
     println!("ours_cold_mb_s={:.2}", mb / cold);
     println!("ours_warm_mb_s={:.2}", mb / best);
+    Ok(())
 }
