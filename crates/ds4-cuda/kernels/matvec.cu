@@ -370,7 +370,30 @@ struct FastIQ2XXS {
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
         const int n = row_len >> 5;
-        for (int c = c0; c < n; c += cstep) {
+        int c = c0;
+        // Four chunks per step with all their loads issued first (memory
+        // parallelism); the sums still go into acc[r] in chunk order.
+        for (; c + 3 * cstep < n; c += 4 * cstep) {
+            uint2 q[4][R];
+            float d[4][R];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const int cu = c + u * cstep;
+                    q[u][r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * cu));
+                    d[u][r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (cu >> 3)));
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r] += iq2_group(q[u][r].x, q[u][r].y, d[u][r],
+                                        xat<S>(x, 32 * (c + u * cstep)), grid);
+            }
+        }
+        for (; c < n; c += cstep) {
             uint2 q[R];
             float d[R];
 #pragma unroll
