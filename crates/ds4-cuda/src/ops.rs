@@ -195,9 +195,21 @@ fn gemv_kernel(m: &Mat, its: &[Items]) -> Result<(&'static str, usize, usize)> {
         });
     let l = m.row_len;
     Ok(match m.ggml_type {
-        GgmlType::Q8_0 if aligned && l.is_multiple_of(256) => (if st { "gemv_q8_0_xs" } else { "gemv_q8_0" }, 2, l / 16),
-        GgmlType::IQ2_XXS if aligned && l.is_multiple_of(1024) => (if st { "gemv_iq2_xxs_xs" } else { "gemv_iq2_xxs" }, 2, l / 32),
-        GgmlType::Q2_K if aligned && l.is_multiple_of(1024) => (if st { "gemv_q2_k_xs" } else { "gemv_q2_k" }, 2, l / 64),
+        GgmlType::Q8_0 if aligned && l.is_multiple_of(256) => {
+            (if st { "gemv_q8_0_xs" } else { "gemv_q8_0" }, 2, l / 16)
+        }
+        GgmlType::IQ2_XXS if aligned && l.is_multiple_of(1024) => (
+            if st {
+                "gemv_iq2_xxs_xs"
+            } else {
+                "gemv_iq2_xxs"
+            },
+            2,
+            l / 32,
+        ),
+        GgmlType::Q2_K if aligned && l.is_multiple_of(1024) => {
+            (if st { "gemv_q2_k_xs" } else { "gemv_q2_k" }, 2, l / 64)
+        }
         GgmlType::F16 if aligned && l.is_multiple_of(8) => ("gemv_f16", 1, l / 8),
         GgmlType::F32 => ("gemv_any_f32", 1, l),
         GgmlType::F16 => ("gemv_any_f16", 1, l),
