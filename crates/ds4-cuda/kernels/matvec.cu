@@ -208,6 +208,17 @@ __device__ __forceinline__ float dot4_i8(u32 q, float4 x, float s) {
 
 __device__ __forceinline__ float4 ldx4(const float* p) { return *(const float4*)p; }
 
+// Where x[i] lives: the row as given (S = false), or the block's staged copy
+// in shared memory (S = true), padded by 4 floats per 32 so that lanes 32 or
+// 16 values apart read different banks. Offsets inside one 32-value run stay
+// contiguous, so callers add +4, +8, +12 to the returned pointer.
+template <bool S>
+__device__ __forceinline__ const float* xat(const float* x, int i) {
+    return S ? x + i + ((i >> 5) << 2) : x + i;
+}
+#define DS4_XS_MAX 4096
+#define DS4_XS_FLOATS (DS4_XS_MAX + DS4_XS_MAX / 8)
+
 // ---------------------------------------------------------------------------
 // Formats. dot<R>(rows, x, row_len, B, c0, cstep, acc): lane-partial sums of
 // R rows over the chunks c0, c0 + cstep, ... of a row.
@@ -218,7 +229,7 @@ __device__ __forceinline__ float4 ldx4(const float* p) { return *(const float4*)
 #define DS4_GENERIC_FMT(NAME, DEQ, BLKS)                                                  \
     struct NAME {                                                                         \
         static constexpr int BLK = BLKS;                                                  \
-        template <int R>                                                                  \
+        template <int R, bool S>                                                          \
         static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,        \
                                                    const float* __restrict__ x,           \
                                                    int row_len, int B, int c0, int cstep, \
@@ -242,11 +253,11 @@ DS4_GENERIC_FMT(GenIQ2XXS, deq_iq2_xxs, 256)
 // loads issued before the arithmetic.
 struct FastQ8_0 {
     static constexpr int BLK = 32;
-    template <int R>
+    template <int R, bool S>
     static __device__ __forceinline__ void one(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int B, int c,
                                                float* acc) {
-        const float* xc = x + 16 * c;
+        const float* xc = xat<S>(x, 16 * c);
         const float4 x0 = ldx4(xc), x1 = ldx4(xc + 4), x2 = ldx4(xc + 8), x3 = ldx4(xc + 12);
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -259,7 +270,7 @@ struct FastQ8_0 {
             acc[r] = fmaf(d, s, acc[r]);
         }
     }
-    template <int R>
+    template <int R, bool S>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
@@ -275,8 +286,8 @@ struct FastQ8_0 {
                 da[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * (c >> 1)));
                 db[r] = h2f(ld_nc_u16(DS4_ROW(r) + 32 * B + 2 * ((c + cstep) >> 1)));
             }
-            const float* xa = x + 16 * c;
-            const float* xb = x + 16 * (c + cstep);
+            const float* xa = xat<S>(x, 16 * c);
+            const float* xb = xat<S>(x, 16 * (c + cstep));
             const float4 a0 = ldx4(xa), a1 = ldx4(xa + 4), a2 = ldx4(xa + 8), a3 = ldx4(xa + 12);
             const float4 b0 = ldx4(xb), b1 = ldx4(xb + 4), b2 = ldx4(xb + 8), b3 = ldx4(xb + 12);
 #pragma unroll
@@ -293,14 +304,14 @@ struct FastQ8_0 {
                 acc[r] = fmaf(db[r], t, acc[r]);
             }
         }
-        if (c < n) one<R>(r0, rb, rmax, x, B, c, acc);
+        if (c < n) one<R, S>(r0, rb, rmax, x, B, c, acc);
     }
 };
 
 // F16: a chunk is 8 values.
 struct FastF16 {
     static constexpr int BLK = 1;
-    template <int R>
+    template <int R, bool S>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
@@ -354,12 +365,35 @@ __device__ __forceinline__ float iq2_group(u32 a0, u32 a1, float d, const float*
 // IQ2_XXS: a chunk is one group, 8 bytes = 32 values.
 struct FastIQ2XXS {
     static constexpr int BLK = 256;
-    template <int R>
+    template <int R, bool S>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
         const int n = row_len >> 5;
-        for (int c = c0; c < n; c += cstep) {
+        int c = c0;
+        // Four chunks per step with all their loads issued first (memory
+        // parallelism); the sums still go into acc[r] in chunk order.
+        for (; c + 3 * cstep < n; c += 4 * cstep) {
+            uint2 q[4][R];
+            float d[4][R];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const int cu = c + u * cstep;
+                    q[u][r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * cu));
+                    d[u][r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (cu >> 3)));
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r] += iq2_group(q[u][r].x, q[u][r].y, d[u][r],
+                                        xat<S>(x, 32 * (c + u * cstep)), grid);
+            }
+        }
+        for (; c < n; c += cstep) {
             uint2 q[R];
             float d[R];
 #pragma unroll
@@ -368,7 +402,7 @@ struct FastIQ2XXS {
                 d[r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 3)));
             }
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r] += iq2_group(q[r].x, q[r].y, d[r], x + 32 * c, grid);
+            for (int r = 0; r < R; r++) acc[r] += iq2_group(q[r].x, q[r].y, d[r], xat<S>(x, 32 * c), grid);
         }
     }
 };
@@ -376,7 +410,7 @@ struct FastIQ2XXS {
 // Q2_K: a chunk is 16 bytes of qs = 64 values (4 runs of 16, 32 apart).
 struct FastQ2K {
     static constexpr int BLK = 256;
-    template <int R>
+    template <int R, bool S>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
@@ -395,7 +429,7 @@ struct FastQ2K {
             }
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float* xj = x + 256 * b + 128 * h + 32 * j + 16 * hf;
+                const float* xj = xat<S>(x, 256 * b + 128 * h + 32 * j + 16 * hf);
                 const float4 x0 = ldx4(xj), x1 = ldx4(xj + 4), x2 = ldx4(xj + 8),
                              x3 = ldx4(xj + 12);
                 float sx = x0.x + x0.y + x0.z + x0.w;
@@ -453,8 +487,13 @@ __device__ __forceinline__ float gemv_epilogue(const MatJob& J, int item, int ro
     return t + v;
 }
 
-template <class Fmt, int R>
-__device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid) {
+// With STAGE, a block whose warps all read the same x row (no x groups,
+// row_len <= DS4_XS_MAX: a block-uniform test) first copies that row into
+// `xs` (coalesced) and the lanes read it from there; the arithmetic and its
+// order are the same either way, so staged and unstaged results are
+// bit-identical.
+template <class Fmt, int R, bool STAGE>
+__device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, float* xs) {
     __shared__ float part[DS4_GEMV_WARPS][R];
     const MatJob& J = js.j[gemv_job(js)];
     const int item = blockIdx.y;
@@ -473,8 +512,17 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid) {
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    Fmt::template dot<R>(r0, J.row_bytes, rmax, xr, J.row_len, J.row_len / Fmt::BLK,
-                         lane + DS4_WARP * s, DS4_WARP * ks, acc, grid);
+    if (STAGE && J.x_grp_rows >= J.n_rows && J.row_len <= DS4_XS_MAX) {
+        for (int i = 4 * (int)threadIdx.x; i < J.row_len; i += 4 * (int)blockDim.x)
+            *(float4*)(xs + i + ((i >> 5) << 2)) = ldx4(xr + i);
+        __syncthreads();
+        Fmt::template dot<R, true>(r0, J.row_bytes, rmax, xs, J.row_len, J.row_len / Fmt::BLK,
+                                   lane + DS4_WARP * s, DS4_WARP * ks, acc, grid);
+    } else {
+        Fmt::template dot<R, false>(r0, J.row_bytes, rmax, xr, J.row_len,
+                                    J.row_len / Fmt::BLK, lane + DS4_WARP * s, DS4_WARP * ks,
+                                    acc, grid);
+    }
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
     float* y = J.y + (i64)item * J.y_stride;
@@ -503,7 +551,14 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid) {
 
 #define DS4_GEMV(NAME, FMT, R)                                                            \
     extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) {           \
-        gemv_impl<FMT, R>(js, nullptr);                                           \
+        gemv_impl<FMT, R, false>(js, nullptr, nullptr);                                   \
+    }
+
+// The x-staged variants (see gemv_impl).
+#define DS4_GEMV_XS(NAME, FMT, R)                                                         \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) {           \
+        __shared__ __align__(16) float xs[DS4_XS_FLOATS];                                 \
+        gemv_impl<FMT, R, true>(js, nullptr, xs);                                         \
     }
 
 DS4_GEMV(gemv_any_f32, GenF32, 1)
@@ -515,12 +570,22 @@ DS4_GEMV(gemv_any_iq2_xxs, GenIQ2XXS, 1)
 DS4_GEMV(gemv_q8_0, FastQ8_0, 2)
 DS4_GEMV(gemv_f16, FastF16, 1)
 DS4_GEMV(gemv_q2_k, FastQ2K, 2)
+DS4_GEMV_XS(gemv_q8_0_xs, FastQ8_0, 2)
+DS4_GEMV_XS(gemv_q2_k_xs, FastQ2K, 2)
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
     __shared__ u64 grid[256];
     grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
     __syncthreads();
-    gemv_impl<FastIQ2XXS, 2>(js, grid);
+    gemv_impl<FastIQ2XXS, 2, false>(js, grid, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs_xs(const MatJobs js) {
+    __shared__ u64 grid[256];
+    __shared__ __align__(16) float xs[DS4_XS_FLOATS];
+    grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
+    __syncthreads();
+    gemv_impl<FastIQ2XXS, 2, true>(js, grid, xs);
 }
 
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).
