@@ -47,6 +47,72 @@ pub struct CudaOptions {
     pub numerics: Numerics,
     /// CUDA device ordinal.
     pub device: usize,
+    /// Which decode GEMVs stage the activation row in shared memory.
+    pub gemv_staging: GemvStaging,
+}
+
+/// Per weight format, whether the fast decode GEMV first copies the
+/// activation row into shared memory (matvec.cu `gemv_impl`). Staged and
+/// unstaged kernels give bit-identical results; the choice is speed only.
+/// The default stages IQ2_XXS alone: on an H200 (docs/bench run r6) that
+/// took the expert GEMV from 72 to 43 µs per launch, left Q8_0 unchanged
+/// and made Q2_K slower (23 → 25 µs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvStaging {
+    pub q8_0: bool,
+    pub q2_k: bool,
+    pub iq2_xxs: bool,
+}
+
+impl Default for GemvStaging {
+    fn default() -> Self {
+        Self {
+            q8_0: false,
+            q2_k: false,
+            iq2_xxs: true,
+        }
+    }
+}
+
+impl GemvStaging {
+    /// From a comma list of `q8_0`, `q2_k`, `iq2_xxs`, `all` or `none`.
+    pub fn parse(list: &str) -> std::result::Result<Self, String> {
+        let mut s = Self {
+            q8_0: false,
+            q2_k: false,
+            iq2_xxs: false,
+        };
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "q8_0" => s.q8_0 = true,
+                "q2_k" => s.q2_k = true,
+                "iq2_xxs" => s.iq2_xxs = true,
+                "all" => {
+                    s = Self {
+                        q8_0: true,
+                        q2_k: true,
+                        iq2_xxs: true,
+                    }
+                }
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "'{other}' is not one of q8_0, q2_k, iq2_xxs, all, none"
+                    ))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn stages(&self, t: ds4_gguf::GgmlType) -> bool {
+        match t {
+            ds4_gguf::GgmlType::Q8_0 => self.q8_0,
+            ds4_gguf::GgmlType::Q2_K => self.q2_k,
+            ds4_gguf::GgmlType::IQ2_XXS => self.iq2_xxs,
+            _ => false,
+        }
+    }
 }
 
 impl Default for CudaOptions {
@@ -54,6 +120,7 @@ impl Default for CudaOptions {
         Self {
             numerics: Numerics::Official,
             device: 0,
+            gemv_staging: GemvStaging::default(),
         }
     }
 }

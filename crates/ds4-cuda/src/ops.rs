@@ -163,32 +163,14 @@ pub struct ExpertTiles {
     pub max_tiles: usize,
 }
 
-/// Which fast GEMVs stage x in shared memory (matvec.cu `gemv_impl`):
-/// `DS4_GEMV_STAGE` = a comma list of `q8_0`, `q2_k`, `iq2_xxs`, `all` or
-/// `none`; default `iq2_xxs` (H200 run r6: IQ2_XXS 72 -> 43 µs per expert
-/// launch, Q8_0 unchanged, Q2_K 23 -> 25 µs). Staged and unstaged kernels
-/// give bit-identical results; the switch exists to measure one against the
-/// other.
-fn gemv_stage(t: GgmlType) -> bool {
-    use std::sync::OnceLock;
-    static MASK: OnceLock<[bool; 3]> = OnceLock::new();
-    let m = MASK.get_or_init(|| {
-        let v = std::env::var("DS4_GEMV_STAGE").unwrap_or_else(|_| "iq2_xxs".into());
-        let has = |k: &str| v.split(',').any(|p| p.trim() == k || p.trim() == "all");
-        [has("q8_0"), has("q2_k"), has("iq2_xxs")]
-    });
-    match t {
-        GgmlType::Q8_0 => m[0],
-        GgmlType::Q2_K => m[1],
-        GgmlType::IQ2_XXS => m[2],
-        _ => false,
-    }
-}
-
 /// The GEMV kernel for a format: fast (16-byte loads) when the shape allows,
 /// else the element-wise one. Returns (kernel, rows per warp, chunks per row).
-fn gemv_kernel(m: &Mat, its: &[Items]) -> Result<(&'static str, usize, usize)> {
-    let st = gemv_stage(m.ggml_type);
+fn gemv_kernel(
+    m: &Mat,
+    its: &[Items],
+    staging: &crate::GemvStaging,
+) -> Result<(&'static str, usize, usize)> {
+    let st = staging.stages(m.ggml_type);
     let aligned = m.addr.is_multiple_of(16)
         && its.iter().all(|it| {
             it.x % 16 == 0 && it.x_stride % 4 == 0 && it.x_grp.is_none_or(|(_, s)| s % 4 == 0)
@@ -381,7 +363,7 @@ impl CudaBackend {
 
     fn gemv(&self, jobs: &[(Mat, Items)]) -> Result<()> {
         let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
-        let (kernel, r, chunks) = gemv_kernel(&jobs[0].0, &its)?;
+        let (kernel, r, chunks) = gemv_kernel(&jobs[0].0, &its, &self.opts.gemv_staging)?;
         // Splits keep whole x_div groups together, so x moves by whole rows.
         let cap = jobs
             .iter()

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ds4_cuda::bench::{copy_bandwidth, decode_stage_bytes, gate, Stage, StageTimes, Timed};
-use ds4_cuda::{CudaBackend, CudaOptions};
+use ds4_cuda::{CudaBackend, CudaOptions, GemvStaging};
 use ds4_model::backend::{Backend, Export};
 use ds4_model::forward::{forward, forward_chunked, Logits};
 use ds4_model::numerics::Numerics;
@@ -35,7 +35,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: ds4-cuda-bench synth --preset NAME [--layers N] -o FILE\n       \
          ds4-cuda-bench run -m FILE [--ctx LIST] [--chunk N] [--gen N] [--csv FILE] \
-         [--breakdown FILE] [--deadline-s S] [--exact]"
+         [--breakdown FILE] [--deadline-s S] [--exact] [--gemv-stage q8_0,q2_k,iq2_xxs|all|none]"
     );
     ExitCode::from(2)
 }
@@ -105,6 +105,7 @@ struct RunOpts {
     breakdown: Option<PathBuf>,
     deadline_s: f64,
     numerics: Numerics,
+    gemv_staging: GemvStaging,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOpts> {
@@ -117,6 +118,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
         breakdown: None,
         deadline_s: f64::INFINITY,
         numerics: Numerics::Official,
+        gemv_staging: GemvStaging::default(),
     };
     let mut i = 0;
     while i < args.len() {
@@ -134,6 +136,10 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
             "--breakdown" => o.breakdown = Some(PathBuf::from(value(args, &mut i, "--breakdown")?)),
             "--deadline-s" => o.deadline_s = value(args, &mut i, "--deadline-s")?.parse()?,
             "--exact" => o.numerics = Numerics::Exact,
+            "--gemv-stage" => {
+                o.gemv_staging = GemvStaging::parse(value(args, &mut i, "--gemv-stage")?)
+                    .map_err(anyhow::Error::msg)?
+            }
             a => bail!("unknown argument {a}"),
         }
         i += 1;
@@ -193,6 +199,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
         CudaOptions {
             numerics: o.numerics,
             device: 0,
+            gemv_staging: o.gemv_staging,
         },
     )?;
     let load_s = t0.elapsed().as_secs_f64();

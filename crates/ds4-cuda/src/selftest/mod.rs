@@ -232,6 +232,7 @@ pub fn run(opts: &SelftestOptions) -> anyhow::Result<bool> {
         CudaOptions {
             numerics: ds4_model::numerics::Numerics::Exact,
             device: opts.device,
+            ..CudaOptions::default()
         },
     )?;
     let info = gpu.device_info().clone();
@@ -276,6 +277,7 @@ pub fn run(opts: &SelftestOptions) -> anyhow::Result<bool> {
             CudaOptions {
                 numerics: ds4_model::numerics::Numerics::Exact,
                 device: opts.device,
+                ..CudaOptions::default()
             },
         )?;
         stages::run_wide(&model, &mut gpu, &mut report)?;

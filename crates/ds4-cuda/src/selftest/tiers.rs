@@ -160,6 +160,7 @@ pub fn own_fixtures(
             crate::CudaOptions {
                 numerics: Numerics::Exact,
                 device,
+                ..crate::CudaOptions::default()
             },
         )?;
         let tokens = tokens(dir)?;
