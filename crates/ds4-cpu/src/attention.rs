@@ -1,6 +1,6 @@
 //! The attention sublayer's stages (MODEL.md §3.2-3.7).
 
-use ds4_model::backend::{AttentionInputs, BackendError, CompressorKind, Result};
+use ds4_model::backend::{check_batch_fits, AttentionInputs, CompressorKind, Result};
 use ds4_model::numerics::{fp4_round_trip, fp8_kv_round_trip, hadamard, Numerics};
 use ds4_model::weights::{AttentionWeights, CompressorWeights, IndexerWeights};
 use ds4_model::Tensor;
@@ -54,19 +54,7 @@ pub fn append_raw(
     rows: &Act,
     pos0: usize,
 ) -> Result<()> {
-    let needed = pos0 + rows.rows;
-    if needed > kv.ctx {
-        return Err(BackendError::ContextFull {
-            needed,
-            ctx: kv.ctx,
-        });
-    }
-    if rows.rows > kv.max_batch {
-        return Err(BackendError::Other(format!(
-            "a batch of {} tokens exceeds the session's batch limit of {}",
-            rows.rows, kv.max_batch
-        )));
-    }
+    check_batch_fits(pos0, rows.rows, kv.ctx, kv.max_batch)?;
     let raw = &mut kv.layers[layer].raw;
     for t in 0..rows.rows {
         let dst = raw.row_mut(pos0 + t);

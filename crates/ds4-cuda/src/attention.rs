@@ -1,6 +1,6 @@
 //! The attention sublayer's stages (MODEL.md 3.2-3.7).
 
-use ds4_model::backend::{AttentionInputs, BackendError, CompressorKind, Result as BResult};
+use ds4_model::backend::{check_batch_fits, AttentionInputs, CompressorKind, Result as BResult};
 use ds4_model::weights::{AttentionWeights, CompressorWeights, IndexerWeights};
 use ds4_model::Tensor;
 
@@ -90,19 +90,7 @@ impl CudaBackend {
         rows: &CudaAct,
         pos0: usize,
     ) -> BResult<()> {
-        let needed = pos0 + rows.rows;
-        if needed > kv.ctx {
-            return Err(BackendError::ContextFull {
-                needed,
-                ctx: kv.ctx,
-            });
-        }
-        if rows.rows > kv.max_batch {
-            return Err(BackendError::Other(format!(
-                "a batch of {} tokens exceeds the session's batch limit of {}",
-                rows.rows, kv.max_batch
-            )));
-        }
+        check_batch_fits(pos0, rows.rows, kv.ctx, kv.max_batch)?;
         let l = &kv.layers[layer];
         let hd = self.cfg.head_dim;
         self.gpu.launch(

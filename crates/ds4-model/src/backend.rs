@@ -40,6 +40,22 @@ pub enum Export {
     RewindPoint,
 }
 
+/// The check every backend makes before a batch of `n` tokens at positions
+/// `pos0..` enters a session of `ctx` tokens evaluated in batches of at most
+/// `max_batch`.
+pub fn check_batch_fits(pos0: usize, n: usize, ctx: usize, max_batch: usize) -> Result<()> {
+    let needed = pos0 + n;
+    if needed > ctx {
+        return Err(BackendError::ContextFull { needed, ctx });
+    }
+    if n > max_batch {
+        return Err(BackendError::Other(format!(
+            "a batch of {n} tokens exceeds the session's batch limit of {max_batch}"
+        )));
+    }
+    Ok(())
+}
+
 /// The two compressor instances of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressorKind {
