@@ -2,11 +2,13 @@
 
 // FP8 round trip of dims [0, n_nope) of every row; one block per row.
 extern "C" __global__ void fp8_rows(float* __restrict__ x, int width, int n_nope) {
+    ds4_pdl_enter();
     fp8_row_block(x + (i64)blockIdx.x * width, n_nope);
 }
 
 // Hadamard (+ FP4 when fp4 != 0) on 128-wide rows, one warp per row.
 extern "C" __global__ void hadamard128_rows(float* __restrict__ x, int n_rows, int fp4) {
+    ds4_pdl_enter();
     const int r = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
     if (r >= n_rows) return;
     hadamard128_warp(x + (i64)r * 128, fp4 != 0);
@@ -14,6 +16,7 @@ extern "C" __global__ void hadamard128_rows(float* __restrict__ x, int n_rows, i
 
 // f32 -> f16 -> f32 on every element (the official numerics' 16-bit cache rows).
 extern "C" __global__ void f16_round_rows(float* __restrict__ x, i64 n) {
+    ds4_pdl_enter();
     for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x)
         x[k] = f16_round(x[k]);
 }
@@ -22,6 +25,7 @@ extern "C" __global__ void f16_round_rows(float* __restrict__ x, i64 n) {
 // rounded to f16 in the official numerics.
 extern "C" __global__ void append_raw(float* __restrict__ ring, const float* __restrict__ rows,
                                       int dim, int cap, int pos0, int round16) {
+    ds4_pdl_enter();
     const int t = blockIdx.y;
     const i64 slot = (pos0 + t) % cap;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += gridDim.x * blockDim.x) {
@@ -41,6 +45,7 @@ extern "C" __global__ void compress_step(
     const u8* __restrict__ ape, const float* __restrict__ norm,
     const float* __restrict__ inv_freq, int n_pairs, int pos0, int n_tokens, int ratio,
     int dim, int width, int overlap, int kind, int official, float eps) {
+    ds4_pdl_enter();
     extern __shared__ float row[];  // dim floats
     __shared__ double scratch[32];
     int emitted = 0;
@@ -117,6 +122,7 @@ extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_s
                                         const float* __restrict__ keys, int n_heads,
                                         int head_dim, float scale, int pos0, int ratio,
                                         int rpb) {
+    ds4_pdl_enter();
     extern __shared__ float sm[];
     float* qs = sm;                              // n_heads x 129
     float* ws = qs + n_heads * 129;              // n_heads
@@ -188,6 +194,7 @@ __device__ __forceinline__ int warp_incl_scan(int v) {
 extern "C" __global__ void topk_select(int* __restrict__ out, const float* __restrict__ scores,
                                        i64 scores_stride, int k, int pos0, int ratio,
                                        int cached) {
+    ds4_pdl_enter();
     extern __shared__ u32 keys[];
     __shared__ u32 hist[256];
     __shared__ int wsum[32], wsum2[32];
@@ -286,6 +293,7 @@ extern "C" __global__ void attend(float* __restrict__ out, const float* __restri
                                   const int* __restrict__ sel, int top_k,
                                   const float* __restrict__ sinks, int n_heads, int head_dim,
                                   int window, int pos0, float scale) {
+    ds4_pdl_enter();
     extern __shared__ float e[];
     __shared__ float s_den;
     const int h = blockIdx.x, t = blockIdx.y;
@@ -380,6 +388,7 @@ extern "C" __global__ void qkv_post(float* __restrict__ ql, const float* __restr
                                     const float* __restrict__ kv_norm, int hd,
                                     const float* __restrict__ inv_freq, int n_pairs, int pos0,
                                     int fp8, float eps) {
+    ds4_pdl_enter();
     __shared__ double scratch[32];
     const int t = blockIdx.x;
     if (blockIdx.y == 0) {
@@ -398,6 +407,7 @@ extern "C" __global__ void qkv_post(float* __restrict__ ql, const float* __restr
 extern "C" __global__ void head_norm_rope(float* __restrict__ q, int hd, int heads,
                                           const float* __restrict__ inv_freq, int n_pairs,
                                           int pos0, float eps) {
+    ds4_pdl_enter();
     __shared__ double scratch[32];
     float* row = q + (i64)blockIdx.x * hd;
     rms_row_inplace(row, nullptr, hd, eps, scratch);
@@ -410,6 +420,7 @@ extern "C" __global__ void head_norm_rope(float* __restrict__ q, int hd, int hea
 extern "C" __global__ void index_q_prep(float* __restrict__ q, int n_rows, int heads,
                                         const float* __restrict__ inv_freq, int n_pairs,
                                         int pos0, int hadamard) {
+    ds4_pdl_enter();
     const int r = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
     const int lane = threadIdx.x % DS4_WARP;
     if (r >= n_rows) return;
@@ -425,6 +436,7 @@ extern "C" __global__ void index_q_prep(float* __restrict__ q, int n_rows, int h
 extern "C" __global__ void rope_copy(float* __restrict__ out, const float* __restrict__ in, int hd,
                                      int heads, const float* __restrict__ inv_freq, int n_pairs,
                                      int pos0) {
+    ds4_pdl_enter();
     const i64 base = (i64)blockIdx.x * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) out[base + i] = in[base + i];
     __syncthreads();
@@ -466,6 +478,7 @@ extern "C" __global__ void compress_emit(
     const float* __restrict__ sc, const u8* __restrict__ ape, const float* __restrict__ norm,
     const float* __restrict__ inv_freq, int n_pairs, int pos0, int first_p, int ratio, int dim,
     int width, int overlap, int kind, int official, float eps) {
+    ds4_pdl_enter();
     extern __shared__ float row[];  // dim floats
     __shared__ double scratch[32];
     const int k = blockIdx.x;
@@ -523,6 +536,7 @@ extern "C" __global__ void compress_state(float* __restrict__ state_kv,
                                           const float* __restrict__ sc,
                                           const u8* __restrict__ ape, int pos0, int n_tokens,
                                           int ratio, int width, int overlap, int last_emit) {
+    ds4_pdl_enter();
     const i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (e >= (i64)ratio * width) return;
     const int i = (int)(e / width), col = (int)(e % width);
@@ -568,6 +582,7 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
                                        const float* __restrict__ sinks, int n_heads,
                                        int head_dim, int window, int pos0, float scale,
                                        int chunk, int tile) {
+    ds4_pdl_enter();
     extern __shared__ float sm[];
     const int hpb = blockDim.x / DS4_WARP;
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
@@ -687,6 +702,7 @@ extern "C" __global__ void attend_combine(float* __restrict__ out,
                                           const float* __restrict__ part_ml,
                                           const float* __restrict__ sinks, int n_heads,
                                           int head_dim, int n_chunks) {
+    ds4_pdl_enter();
     const int h = blockIdx.x, t = blockIdx.y;
     const i64 slot0 = ((i64)t * n_heads + h) * n_chunks;
     const float sink = sinks[h];

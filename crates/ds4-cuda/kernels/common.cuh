@@ -219,3 +219,16 @@ __device__ __forceinline__ void rope_pair(float* row, int width, int n_pairs, in
     row[i] = x0 * c - x1 * s;
     row[i + 1] = x0 * s + x1 * c;
 }
+
+// Programmatic dependent launch (Hopper): the host may launch the next kernel
+// of the stream before this one ends, so that its launch latency overlaps our
+// tail. Every kernel calls this first, before touching memory: `wait` returns
+// once the previous kernel has completed and its writes are visible (at once
+// when the launch was an ordinary one), and only then do we let our own
+// dependents launch, so at most one kernel waits behind a running one.
+__device__ __forceinline__ void ds4_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

@@ -14,6 +14,7 @@ extern "C" __global__ void route(const float* __restrict__ logits, float* __rest
                                  const int* __restrict__ tokens, int* __restrict__ ids,
                                  float* __restrict__ weights, int n_tokens, int n_expert,
                                  int k, float w_scale) {
+    ds4_pdl_enter();
     const int t = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
     const int lane = threadIdx.x % DS4_WARP;
     if (t >= n_tokens) return;
@@ -68,6 +69,7 @@ extern "C" __global__ void route(const float* __restrict__ logits, float* __rest
 extern "C" __global__ void swiglu(float* __restrict__ h, const float* __restrict__ g,
                                   const float* __restrict__ u, const float* __restrict__ w,
                                   int n_weighted, int width, float clamp) {
+    ds4_pdl_enter();
     const int item = blockIdx.y;
     const float wt = (w && item < n_weighted) ? w[item] : 1.0f;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x) {
@@ -79,6 +81,7 @@ extern "C" __global__ void swiglu(float* __restrict__ h, const float* __restrict
 // out[t] = sum_j y[t*k + j] (in j order) + shared[t].
 extern "C" __global__ void sum_experts(float* __restrict__ out, const float* __restrict__ y,
                                        const float* __restrict__ shared, int d, int k) {
+    ds4_pdl_enter();
     const int t = blockIdx.y;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
         float o = 0.0f;

@@ -380,7 +380,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
 }
 
 #define DS4_GEMM(NAME, FMT)                                                               \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const GemmJobs js) {       \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const GemmJobs js) { ds4_pdl_enter();       \
         gemm_mma_impl<FMT>(js.j[blockIdx.z]);                                            \
     }
 
@@ -397,6 +397,7 @@ DS4_GEMM(gemm_f16, MmaF16)
 // counts[e] = items routed to e; one warp per expert.
 extern "C" __global__ void expert_count(const int* __restrict__ ids, int n_items,
                                         int* __restrict__ counts, int n_expert) {
+    ds4_pdl_enter();
     const int e = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
     const int lane = threadIdx.x % DS4_WARP;
     if (e >= n_expert) return;
@@ -412,6 +413,7 @@ extern "C" __global__ void expert_count(const int* __restrict__ ids, int n_items
 // tiles = [count, (e, start, len)...] with tiles of at most `tile` items.
 extern "C" __global__ void expert_tiles(const int* __restrict__ counts, int n_expert, int tile,
                                         int* __restrict__ offsets, int* __restrict__ tiles) {
+    ds4_pdl_enter();
     if (threadIdx.x != 0) return;
     int off = 0, nt = 0;
     for (int e = 0; e < n_expert; e++) {
@@ -433,6 +435,7 @@ extern "C" __global__ void expert_tiles(const int* __restrict__ counts, int n_ex
 extern "C" __global__ void expert_place(const int* __restrict__ ids, int n_items,
                                         const int* __restrict__ offsets,
                                         int* __restrict__ items, int n_expert) {
+    ds4_pdl_enter();
     const int e = blockIdx.x * (blockDim.x / DS4_WARP) + threadIdx.x / DS4_WARP;
     const int lane = threadIdx.x % DS4_WARP;
     if (e >= n_expert) return;

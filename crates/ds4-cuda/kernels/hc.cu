@@ -3,6 +3,7 @@
 // x[t] = the F16 embedding row of tokens[t], copied into all n_hc streams.
 extern "C" __global__ void embed_f16(float* __restrict__ x, const u8* __restrict__ table,
                                      const int* __restrict__ tokens, int d, int n_hc) {
+    ds4_pdl_enter();
     const int t = blockIdx.y;
     const u8* row = table + (u64)tokens[t] * d * 2;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x) {
@@ -17,6 +18,7 @@ extern "C" __global__ void embed_f16(float* __restrict__ x, const u8* __restrict
 // rows allow, so a 4096-wide row is one load per thread of a 1024 block.
 extern "C" __global__ void rms_norm(float* out, const float* x, const float* __restrict__ w,
                                     int width, i64 in_stride, i64 out_stride, float eps) {
+    ds4_pdl_enter();
     __shared__ double scratch[32];
     const float* xr = x + (i64)blockIdx.x * in_stride;
     float* o = out + (i64)blockIdx.x * out_stride;
@@ -148,6 +150,7 @@ __device__ float block_sum_f32(float v, float* scratch) {
 extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __restrict__ x,
                                    int width, int n_rows, int n_splits,
                                    float* __restrict__ part, double* __restrict__ ss) {
+    ds4_pdl_enter();
     __shared__ float scratch[32];
     __shared__ double dscratch[32];
     const int row = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
@@ -173,6 +176,7 @@ extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __res
 extern "C" __global__ void hc_dots_batch(const u8* __restrict__ fn, const float* __restrict__ x,
                                          int width, int n_rows, int n_splits, int n_tokens,
                                          float* __restrict__ part, double* __restrict__ ss) {
+    ds4_pdl_enter();
     extern __shared__ float xs[];  // 8 x len
     const int tb = blockIdx.x * 8, sp = blockIdx.y;
     const int len = width / n_splits, k0 = sp * len;
@@ -263,6 +267,7 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
                                          const float* __restrict__ base, const float* __restrict__ x,
                                          float* __restrict__ mix, float* __restrict__ y, int d,
                                          int n, int iters, float hc_eps, float rms_eps) {
+    ds4_pdl_enter();
     __shared__ float m[96];
     __shared__ float pre[8];
     __shared__ float mixs[8 + 64];
@@ -306,6 +311,7 @@ extern "C" __global__ void head_finish(const float* __restrict__ part,
                                        i64 x_stride, const float* __restrict__ norm,
                                        float* __restrict__ z, int d, int n, float hc_eps,
                                        float rms_eps) {
+    ds4_pdl_enter();
     __shared__ float m[8];
     __shared__ float a[8];
     __shared__ float pbuf[8 * 32];
@@ -329,6 +335,7 @@ extern "C" __global__ void head_finish(const float* __restrict__ part,
 extern "C" __global__ void hc_post(float* __restrict__ out, const float* __restrict__ x,
                                    const float* __restrict__ f, const float* __restrict__ mix,
                                    int d, int n) {
+    ds4_pdl_enter();
     const int t = blockIdx.y;
     const float* mt = mix + (i64)t * (n + n * n);
     const float* xt = x + (i64)t * n * d;
@@ -342,6 +349,7 @@ extern "C" __global__ void hc_post(float* __restrict__ out, const float* __restr
 }
 
 extern "C" __global__ void fill_f32(float* __restrict__ x, i64 n, float v) {
+    ds4_pdl_enter();
     for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x)
         x[k] = v;
 }
@@ -349,6 +357,7 @@ extern "C" __global__ void fill_f32(float* __restrict__ x, i64 n, float v) {
 // Spins one thread for `ns` nanoseconds of %globaltimer (benchmarks: holds
 // the stream while the host queues a whole decode step behind it).
 extern "C" __global__ void spin_ns(u64 ns) {
+    ds4_pdl_enter();
     if (threadIdx.x != 0) return;
     u64 t0, t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));

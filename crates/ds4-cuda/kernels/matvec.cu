@@ -100,6 +100,7 @@ __device__ __forceinline__ float deq_iq2_xxs(const u8* row, int i, int B) {
 
 extern "C" __global__ void repack_rows(u8* __restrict__ w, u64 row_bytes, i64 n_rows,
                                        int row_len, int kind) {
+    ds4_pdl_enter();
     extern __shared__ u8 src[];
     const int B = row_len >> (kind == 0 ? 5 : 8);
     for (i64 r = blockIdx.x; r < n_rows; r += gridDim.x) {
@@ -550,13 +551,13 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, fl
 }
 
 #define DS4_GEMV(NAME, FMT, R)                                                            \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) {           \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) { ds4_pdl_enter();           \
         gemv_impl<FMT, R, false>(js, nullptr, nullptr);                                   \
     }
 
 // The x-staged variants (see gemv_impl).
 #define DS4_GEMV_XS(NAME, FMT, R)                                                         \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) {           \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const MatJobs js) { ds4_pdl_enter();           \
         __shared__ __align__(16) float xs[DS4_XS_FLOATS];                                 \
         gemv_impl<FMT, R, true>(js, nullptr, xs);                                         \
     }
@@ -574,6 +575,7 @@ DS4_GEMV_XS(gemv_q8_0_xs, FastQ8_0, 2)
 DS4_GEMV_XS(gemv_q2_k_xs, FastQ2K, 2)
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
+    ds4_pdl_enter();
     __shared__ u64 grid[256];
     grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
     __syncthreads();
@@ -581,6 +583,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs 
 }
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs_xs(const MatJobs js) {
+    ds4_pdl_enter();
     __shared__ u64 grid[256];
     __shared__ __align__(16) float xs[DS4_XS_FLOATS];
     grid[threadIdx.x] = ds4_iq2xxs_grid[threadIdx.x];
@@ -591,7 +594,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs_xs(const MatJo
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).
 #define DS4_DEQUANT(NAME, DEQ, BLK)                                                       \
     extern "C" __global__ void NAME(const u8* __restrict__ w, u64 row_bytes, int n_rows,  \
-                                    int row_len, float* __restrict__ out) {               \
+                                    int row_len, float* __restrict__ out) { ds4_pdl_enter();               \
         const i64 n = (i64)n_rows * row_len;                                              \
         const int B = row_len / BLK;                                                      \
         for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n;                   \

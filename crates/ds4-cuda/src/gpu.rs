@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
+use cudarc::driver::sys::{
+    self as cu, CUdevice_attribute, CUevent_flags, CUfunction_attribute,
+};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    ValidAsZeroBits,
 };
 
 use crate::error::{CudaError, Result};
@@ -137,6 +139,7 @@ pub struct Gpu {
     profile: Mutex<Option<Vec<(&'static str, Span)>>>,
     pub info: DeviceInfo,
     max_smem_optin: usize,
+    dependent_launch: bool,
     /// `DS4_CUDA_TRACE=1`: print every launch (for compute-sanitizer reports).
     trace: bool,
 }
@@ -201,6 +204,7 @@ impl Gpu {
             profile: Mutex::new(None),
             info,
             max_smem_optin,
+            dependent_launch: false,
             trace: std::env::var_os("DS4_CUDA_TRACE").is_some_and(|v| v == "1"),
         })
     }
@@ -296,32 +300,25 @@ impl Gpu {
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block} smem {smem} args {args:?}");
         }
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::Ptr(p) | Arg::U64(p) => b.arg(p),
-                Arg::I32(v) => b.arg(v),
-                Arg::I64(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        self.timed_launch(name, || {
-            // SAFETY: each call site passes the argument list of the kernel's
-            // C signature, with device pointers to live buffers large enough
-            // for the launch (checked by the stage code that computes the
-            // shapes).
-            unsafe { b.launch(cfg) }.map_err(|e| {
-                CudaError::Invalid(format!(
-                    "launch {name} grid {grid:?} block {block} smem {smem}: {e:?}"
-                ))
-            })?;
-            Ok(())
-        })
+        // One slot per argument; the kernel reads each through its pointer.
+        let mut values: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) | Arg::U64(p) => p,
+                Arg::I32(v) => u64::from(v as u32),
+                Arg::I64(v) => v as u64,
+                Arg::F32(v) => u64::from(v.to_bits()),
+            })
+            .collect();
+        // Little-endian: a 4-byte argument is the low half of its slot.
+        let mut params: Vec<*mut std::ffi::c_void> = values
+            .iter_mut()
+            .map(|v| (v as *mut u64).cast())
+            .collect();
+        // SAFETY: each call site passes the argument list of the kernel's C
+        // signature, with device pointers to live buffers large enough for
+        // the launch (checked by the stage code that computes the shapes).
+        unsafe { self.raw_launch(name, f, grid, block, smem, &mut params) }
     }
 
     /// Launches `name` with one by-value struct argument (`MatJobs`,
@@ -342,20 +339,66 @@ impl Gpu {
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block}");
         }
-        let mut b = self.stream.launch_builder(f);
-        b.arg(arg);
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+        let mut params = [(arg as *const S).cast_mut().cast::<std::ffi::c_void>()];
+        // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
+        // parameter, whose device pointers the caller built from live
+        // buffers sized for the launch.
+        unsafe { self.raw_launch(name, f, grid, block, 0, &mut params) }
+    }
+
+    /// Whether kernels are launched as programmatic dependents of the
+    /// previous one (see `CudaOptions::dependent_launch`); needs compute
+    /// capability 9.0, ignored below.
+    pub fn set_dependent_launch(&mut self, on: bool) {
+        self.dependent_launch = on && self.info.compute_capability.0 >= 9;
+    }
+
+    /// `cuLaunchKernelEx` on the backend's stream, timed when profiling.
+    ///
+    /// # Safety
+    /// `params` must point at values laid out as the kernel's parameters,
+    /// alive for the call, and every device address among them must be valid
+    /// for what the kernel reads and writes.
+    unsafe fn raw_launch(
+        &self,
+        name: &str,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        // SAFETY: a plain C union of integers; zero is a valid value.
+        let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = cu::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.dependent_launch),
         };
         self.timed_launch(name, || {
-            // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
-            // parameter, whose device pointers the caller built from live
-            // buffers sized for the launch.
-            unsafe { b.launch(cfg) }.map_err(|e| {
-                CudaError::Invalid(format!("launch {name} grid {grid:?} block {block}: {e:?}"))
-            })?;
+            // SAFETY: the caller's contract; `cfg` and `attr` outlive the call.
+            let rc = unsafe {
+                cu::cuLaunchKernelEx(
+                    &cfg,
+                    f.cu_function(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc != cu::CUresult::CUDA_SUCCESS {
+                return Err(CudaError::Invalid(format!(
+                    "launch {name} grid {grid:?} block {block} smem {smem}: {rc:?}"
+                )));
+            }
             Ok(())
         })
     }

@@ -35,7 +35,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: ds4-cuda-bench synth --preset NAME [--layers N] -o FILE\n       \
          ds4-cuda-bench run -m FILE [--ctx LIST] [--chunk N] [--gen N] [--csv FILE] \
-         [--breakdown FILE] [--deadline-s S] [--exact] [--gemv-stage q8_0,q2_k,iq2_xxs|all|none]"
+         [--breakdown FILE] [--deadline-s S] [--exact] [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] \
+         [--no-dependent-launch]"
     );
     ExitCode::from(2)
 }
@@ -106,6 +107,7 @@ struct RunOpts {
     deadline_s: f64,
     numerics: Numerics,
     gemv_staging: GemvStaging,
+    dependent_launch: bool,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOpts> {
@@ -119,6 +121,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
         deadline_s: f64::INFINITY,
         numerics: Numerics::Official,
         gemv_staging: GemvStaging::default(),
+        dependent_launch: true,
     };
     let mut i = 0;
     while i < args.len() {
@@ -136,6 +139,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
             "--breakdown" => o.breakdown = Some(PathBuf::from(value(args, &mut i, "--breakdown")?)),
             "--deadline-s" => o.deadline_s = value(args, &mut i, "--deadline-s")?.parse()?,
             "--exact" => o.numerics = Numerics::Exact,
+            "--no-dependent-launch" => o.dependent_launch = false,
             "--gemv-stage" => {
                 o.gemv_staging = GemvStaging::parse(value(args, &mut i, "--gemv-stage")?)
                     .map_err(anyhow::Error::msg)?
@@ -200,6 +204,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
             numerics: o.numerics,
             device: 0,
             gemv_staging: o.gemv_staging,
+            dependent_launch: o.dependent_launch,
         },
     )?;
     let load_s = t0.elapsed().as_secs_f64();

@@ -1,4 +1,4 @@
-//! `ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism|wide]`
+//! `ds4-cuda-selftest [--data DIR] [--oracle DIR] [--device N] [--only stages|tiers|determinism|wide]`
 //!
 //! Checks the CUDA backend on the GPU: every stage against the CPU
 //! reference, the tiny_a oracle tiers, and bit-identical reruns. Prints one
@@ -11,7 +11,7 @@ use ds4_cuda::selftest::{run, SelftestOptions};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ds4-cuda-selftest [--data DIR] [--device N] [--only stages|tiers|determinism|wide]..."
+        "usage: ds4-cuda-selftest [--data DIR] [--oracle DIR] [--device N] [--only stages|tiers|determinism|wide]..."
     );
     ExitCode::from(2)
 }
@@ -19,6 +19,7 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let mut opts = SelftestOptions {
         data: PathBuf::from("tests/data/tiny_a"),
+        oracle: None,
         device: 0,
         stages: true,
         tiers: true,
@@ -31,6 +32,10 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--data" => match args.next() {
                 Some(v) => opts.data = PathBuf::from(v),
+                None => return usage(),
+            },
+            "--oracle" => match args.next() {
+                Some(v) => opts.oracle = Some(PathBuf::from(v)),
                 None => return usage(),
             },
             "--device" => match args.next().and_then(|v| v.parse().ok()) {

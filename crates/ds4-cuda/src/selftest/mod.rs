@@ -190,6 +190,9 @@ pub fn read_npy_f32(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
 pub struct SelftestOptions {
     /// Directory with tiny_ds4.gguf, tokens.i32 and the .npy oracles.
     pub data: PathBuf,
+    /// Directory with the tier-2 oracles (ds4_faithful_decode_hc.npy,
+    /// hf_tf_kv_hc.npy); `None` looks in `data`.
+    pub oracle: Option<PathBuf>,
     pub device: usize,
     pub stages: bool,
     pub tiers: bool,
@@ -257,6 +260,8 @@ pub fn run(opts: &SelftestOptions) -> anyhow::Result<bool> {
     let tokens = tiers::tokens(&opts.data)?;
     if opts.tiers {
         tiers::run(&model, &mut gpu, &opts.data, &tokens, &mut report)?;
+        let oracle = opts.oracle.as_deref().unwrap_or(&opts.data);
+        tiers::teacher_forced(&model, &mut gpu, oracle, &tokens, &mut report)?;
         tiers::own_fixtures(&own_fixture_dirs(&opts.data), opts.device, &mut report)?;
     }
     if opts.determinism {

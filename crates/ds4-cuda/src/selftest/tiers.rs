@@ -117,6 +117,82 @@ pub fn run(
     Ok(())
 }
 
+/// Tier 2 (../shared/oracle/README.md): official numerics, each layer half
+/// run for all positions from ds4's input state to that half, against
+/// transformers' output of the same half (`hf_tf_kv_hc.npy`). Limits as the
+/// CPU reference's test: global relative error <= 1e-3 per half and >= 95%
+/// of positions within 1e-4.
+pub fn teacher_forced(
+    model: &Model,
+    gpu: &mut CudaBackend,
+    oracle: &Path,
+    tokens: &[u32],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let hc_path = oracle.join("ds4_faithful_decode_hc.npy");
+    let tf_path = oracle.join("hf_tf_kv_hc.npy");
+    if !hc_path.exists() || !tf_path.exists() {
+        println!(
+            "[SKIP] tier 2 teacher-forced: {} lacks ds4_faithful_decode_hc.npy / hf_tf_kv_hc.npy \
+             (pass --oracle ../shared/oracle/tiny_a)",
+            oracle.display()
+        );
+        return Ok(());
+    }
+    gpu.set_numerics(Numerics::Official);
+    let cfg = &model.config;
+    let (n, layers) = (tokens.len(), cfg.n_layer);
+    let width = cfg.n_hc * cfg.d_model;
+    let (shape, ds4_hc) = read_npy_f32(&hc_path)?;
+    let (tf_shape, want) = read_npy_f32(&tf_path)?;
+    let expect_shape = vec![n, layers, 2, width];
+    anyhow::ensure!(
+        shape == expect_shape && tf_shape == expect_shape,
+        "oracle shapes {shape:?} / {tf_shape:?}, expected {expect_shape:?}"
+    );
+    let state = |src: &[f32], l: usize, half: usize| -> Vec<f32> {
+        (0..n)
+            .flat_map(|p| src[((p * layers + l) * 2 + half) * width..][..width].to_vec())
+            .collect()
+    };
+    let embedded = gpu.embed(&model.weights.token_embd, tokens, 0)?;
+    let embedded = gpu.download_act(&embedded)?;
+    for l in 0..layers {
+        for half in 0..2 {
+            let input = match (l, half) {
+                (0, 0) => embedded.clone(),
+                (_, 0) => state(&ds4_hc, l - 1, 1),
+                (_, _) => state(&ds4_hc, l, 0),
+            };
+            let mut x = gpu.upload_act(n, width, &input)?;
+            let layer = &model.weights.layers[l];
+            if half == 0 {
+                let mut kv = gpu.new_kv(256, n)?;
+                ds4_model::forward::attention_half(gpu, l, layer, &mut x, &mut kv, 0)?;
+            } else {
+                ds4_model::forward::ffn_half(gpu, l, layer, &mut x, tokens)?;
+            }
+            let got = gpu.download_act(&x)?;
+            let expect = state(&want, l, half);
+            let global = rel_l2(&got, &expect);
+            let close = got
+                .chunks_exact(width)
+                .zip(expect.chunks_exact(width))
+                .filter(|(a, e)| rel_l2(a, e) <= 1e-4)
+                .count();
+            report.push(
+                format!("tier 2 layer {l} {}", ["attention", "ffn"][half]),
+                format!(
+                    "global rel {global:.2e} (limit 1e-3), {close}/{n} positions within 1e-4 \
+                     (need 95%)"
+                ),
+                global <= 1e-3 && close * 100 >= 95 * n,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The same prompt twice (batched prefill and token-by-token decode, in
 /// official numerics): the logits must be bit-identical.
 pub fn determinism(
