@@ -12,16 +12,13 @@ extern "C" __global__ void embed_f16(float* __restrict__ x, const u8* __restrict
     }
 }
 
-// One block per row: out = x * w / sqrt(mean(x^2) + eps), w optional. The
-// sum of squares is taken in f64 like the CPU reference. In place is fine:
-// each thread rewrites only the elements it read. 16-byte loads when the
-// rows allow, so a 4096-wide row is one load per thread of a 1024 block.
-extern "C" __global__ void rms_norm(float* out, const float* x, const float* __restrict__ w,
-                                    int width, i64 in_stride, i64 out_stride, float eps) {
-    ds4_pdl_enter();
-    __shared__ double scratch[32];
-    const float* xr = x + (i64)blockIdx.x * in_stride;
-    float* o = out + (i64)blockIdx.x * out_stride;
+// RMS norm of one row by the whole block: out = x * w / sqrt(mean(x^2) +
+// eps), w optional. The sum of squares is taken in f64 like the CPU
+// reference. In place is fine: each thread rewrites only the elements it
+// read. 16-byte loads when the row allows, so a 4096-wide row is one load
+// per thread of a 1024 block. `scratch` holds 32 doubles.
+__device__ void rms_row(float* o, const float* xr, const float* __restrict__ w, int width,
+                        float eps, double* scratch) {
     const bool vec = (width & 3) == 0 && (((u64)xr | (u64)o | (u64)w) & 15) == 0;
     double ss = 0.0;
     if (vec) {
@@ -51,6 +48,15 @@ extern "C" __global__ void rms_norm(float* out, const float* x, const float* __r
         const float v = xr[i] * inv;
         o[i] = w ? v * w[i] : v;
     }
+}
+
+// One block per row: rms_row.
+extern "C" __global__ void rms_norm(float* out, const float* x, const float* __restrict__ w,
+                                    int width, i64 in_stride, i64 out_stride, float eps) {
+    ds4_pdl_enter();
+    __shared__ double scratch[32];
+    rms_row(out + (i64)blockIdx.x * out_stride, x + (i64)blockIdx.x * in_stride, w, width, eps,
+            scratch);
 }
 
 // One token's mix (thread-local), from the n_mix = 2n + n^2 mix values m:
@@ -100,27 +106,36 @@ __device__ void hc_mix_token(const float* mt, const float* __restrict__ scale,
 // runs in the CPU's order (shuffles gather the row or column in index
 // order), so the results are bit-identical to hc_mix_token, with 2
 // divisions per lane per iteration instead of 2n^2.
+// NC > 0 fixes n at compile time, so the loops unroll and the shuffles of a
+// sum issue together (the production and test models have 4 streams); NC ==
+// 0 takes the runtime n. Same operations in the same order either way.
+template <int NC>
 __device__ void hc_mix_warp(const float* mt, const float* __restrict__ scale,
-                            const float* __restrict__ base, float* out, int n, int iters,
+                            const float* __restrict__ base, float* out, int n_rt, int iters,
                             float eps) {
+    const int n = NC > 0 ? NC : n_rt;
     const int lane = threadIdx.x % DS4_WARP;
     const int i = lane / n, j = lane % n;
     const bool active = lane < n * n;
     const float v = active ? mt[2 * n + lane] * scale[2] + base[2 * n + lane] : 0.0f;
     float mx = -DS4_INF;
+#pragma unroll
     for (int jj = 0; jj < n; jj++) mx = fmaxf(mx, __shfl_sync(DS4_FULL_MASK, v, i * n + jj));
     const float e = expf(v - mx);
     float sum = 0.0f;
+#pragma unroll
     for (int jj = 0; jj < n; jj++) sum += __shfl_sync(DS4_FULL_MASK, e, i * n + jj);
     float c = e / sum + eps;
     for (int it = 0; it < iters; it++) {
         if (it > 0) {
             float s = 0.0f;
+#pragma unroll
             for (int jj = 0; jj < n; jj++) s += __shfl_sync(DS4_FULL_MASK, c, i * n + jj);
             s += eps;
             c /= s;
         }
         float s = 0.0f;
+#pragma unroll
         for (int ii = 0; ii < n; ii++) s += __shfl_sync(DS4_FULL_MASK, c, ii * n + j);
         s += eps;
         c /= s;
@@ -260,12 +275,14 @@ __device__ __forceinline__ void hc_weighted(const float* a, const float* __restr
 }
 
 // HC-pre of one token per block: the mix (post, comb -> mix[t]) and
-// y[t] = sum_h pre_h * x[t][stream h].
+// y[t] = sum_h pre_h * x[t][stream h], then, with `norm`, y[t] =
+// rms_row(y[t]) * norm (the sublayer's input norm, fused).
 extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
                                          const double* __restrict__ ss, int n_splits,
                                          const float* __restrict__ scale,
                                          const float* __restrict__ base, const float* __restrict__ x,
-                                         float* __restrict__ mix, float* __restrict__ y, int d,
+                                         float* __restrict__ mix, float* y,
+                                         const float* __restrict__ norm, int d,
                                          int n, int iters, float hc_eps, float rms_eps) {
     ds4_pdl_enter();
     __shared__ float m[96];
@@ -287,7 +304,10 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
         }
         __syncthreads();
         if (threadIdx.x < DS4_WARP) {
-            hc_mix_warp(m, scale, base, mixs, n, iters, hc_eps);
+            if (n == 4)
+                hc_mix_warp<4>(m, scale, base, mixs, n, iters, hc_eps);
+            else
+                hc_mix_warp<0>(m, scale, base, mixs, n, iters, hc_eps);
         } else {
             hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, DS4_WARP,
                         blockDim.x - DS4_WARP);
@@ -299,6 +319,12 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
         hc_weighted(pre, x + (i64)t * n * d, y + (i64)t * d, d, n, 0, blockDim.x);
     }
     for (int k = threadIdx.x; k < n + n * n; k += blockDim.x) mix[(i64)t * (n + n * n) + k] = mixs[k];
+    if (norm) {
+        // y[t] was written by this block: visible to it after the barrier.
+        __shared__ double scratch[32];
+        __syncthreads();
+        rms_row(y + (i64)t * d, y + (i64)t * d, norm, d, rms_eps, scratch);
+    }
 }
 
 // The output head's pre-norm of one token per block: stream weights

@@ -570,9 +570,9 @@ DS4_GEMV(gemv_any_q4_k, GenQ4K, 1)
 DS4_GEMV(gemv_any_iq2_xxs, GenIQ2XXS, 1)
 DS4_GEMV(gemv_q8_0, FastQ8_0, 2)
 DS4_GEMV(gemv_f16, FastF16, 1)
-DS4_GEMV(gemv_q2_k, FastQ2K, 2)
+DS4_GEMV(gemv_q2_k, FastQ2K, 4)
 DS4_GEMV_XS(gemv_q8_0_xs, FastQ8_0, 2)
-DS4_GEMV_XS(gemv_q2_k_xs, FastQ2K, 2)
+DS4_GEMV_XS(gemv_q2_k_xs, FastQ2K, 4)
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
     ds4_pdl_enter();

@@ -154,6 +154,14 @@ impl Backend for Timed<'_> {
     fn hc_pre(&self, w: &HcWeights, x: &CudaAct) -> BResult<(CudaAct, CudaMix)> {
         self.run(Stage::HcPre, || self.b.hc_pre(w, x))
     }
+    fn hc_pre_norm(
+        &self,
+        w: &HcWeights,
+        x: &CudaAct,
+        norm: &Tensor,
+    ) -> BResult<(CudaAct, CudaMix)> {
+        self.run(Stage::HcPre, || self.b.hc_pre_norm(w, x, norm))
+    }
     fn hc_post(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> BResult<()> {
         self.run(Stage::HcPost, || self.b.hc_post(x, f, mix))
     }

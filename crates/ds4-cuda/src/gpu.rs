@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{
-    self as cu, CUdevice_attribute, CUevent_flags, CUfunction_attribute,
-};
+use cudarc::driver::sys::{self as cu, CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     ValidAsZeroBits,
@@ -311,10 +309,8 @@ impl Gpu {
             })
             .collect();
         // Little-endian: a 4-byte argument is the low half of its slot.
-        let mut params: Vec<*mut std::ffi::c_void> = values
-            .iter_mut()
-            .map(|v| (v as *mut u64).cast())
-            .collect();
+        let mut params: Vec<*mut std::ffi::c_void> =
+            values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         // SAFETY: each call site passes the argument list of the kernel's C
         // signature, with device pointers to live buffers large enough for
         // the launch (checked by the stage code that computes the shapes).

@@ -6,7 +6,7 @@ use ds4_model::weights::HcWeights;
 use ds4_model::{Tensor, Weights};
 
 use crate::error::{CudaError, Result};
-use crate::gpu::{offset, Arg, DevBuf};
+use crate::gpu::{offset, Arg, DevBuf, NULL};
 use crate::ops::{Items, BLOCK};
 use crate::{CudaAct, CudaBackend, CudaMix};
 
@@ -101,7 +101,14 @@ impl CudaBackend {
         Ok((part, ss, splits))
     }
 
-    pub(crate) fn hc_pre_impl(&self, w: &HcWeights, x: &CudaAct) -> Result<(CudaAct, CudaMix)> {
+    /// HC-pre; with `norm`, the output row is RMS-normalised (with those
+    /// weights) in the same launch.
+    pub(crate) fn hc_pre_impl(
+        &self,
+        w: &HcWeights,
+        x: &CudaAct,
+        norm: Option<&Tensor>,
+    ) -> Result<(CudaAct, CudaMix)> {
         let cfg = &self.cfg;
         let (n, d, t) = (cfg.n_hc, cfg.d_model, x.rows);
         if 2 * n + n * n > 96 {
@@ -128,6 +135,10 @@ impl CudaBackend {
                 Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.gpu.ptr(&mix.buf)),
                 Arg::Ptr(self.ptr(&y)),
+                match norm {
+                    Some(t) => Arg::Ptr(self.addr(t)?),
+                    None => NULL,
+                },
                 Arg::I32(d as i32),
                 Arg::I32(n as i32),
                 Arg::I32(cfg.sinkhorn_iters as i32),

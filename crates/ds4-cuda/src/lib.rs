@@ -615,7 +615,16 @@ impl Backend for CudaBackend {
     }
 
     fn hc_pre(&self, w: &HcWeights, x: &CudaAct) -> BResult<(CudaAct, CudaMix)> {
-        Ok(self.hc_pre_impl(w, x)?)
+        Ok(self.hc_pre_impl(w, x, None)?)
+    }
+
+    fn hc_pre_norm(
+        &self,
+        w: &HcWeights,
+        x: &CudaAct,
+        norm: &Tensor,
+    ) -> BResult<(CudaAct, CudaMix)> {
+        Ok(self.hc_pre_impl(w, x, Some(norm))?)
     }
 
     fn hc_post(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> BResult<()> {

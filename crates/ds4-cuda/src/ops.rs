@@ -190,7 +190,7 @@ fn gemv_kernel(
             l / 32,
         ),
         GgmlType::Q2_K if aligned && l.is_multiple_of(1024) => {
-            (if st { "gemv_q2_k_xs" } else { "gemv_q2_k" }, 2, l / 64)
+            (if st { "gemv_q2_k_xs" } else { "gemv_q2_k" }, 4, l / 64)
         }
         GgmlType::F16 if aligned && l.is_multiple_of(8) => ("gemv_f16", 1, l / 8),
         GgmlType::F32 => ("gemv_any_f32", 1, l),

@@ -119,6 +119,17 @@ pub trait Backend {
     fn embed(&self, token_embd: &Tensor, tokens: &[u32], pos0: usize) -> Result<Self::Act>;
     /// HC-pre: the sublayer input `[T × d_model]` and the mix for HC-post.
     fn hc_pre(&self, w: &HcWeights, x: &Self::Act) -> Result<(Self::Act, Self::Mix)>;
+    /// HC-pre followed by the RMS norm (with `norm`'s weights) of its output:
+    /// the normalised sublayer input and the mix. Backends may fuse the two.
+    fn hc_pre_norm(
+        &self,
+        w: &HcWeights,
+        x: &Self::Act,
+        norm: &Tensor,
+    ) -> Result<(Self::Act, Self::Mix)> {
+        let (y, mix) = self.hc_pre(w, x)?;
+        Ok((self.rms_norm(&y, norm)?, mix))
+    }
     /// HC-post: folds the sublayer output `f` back into the HC state `x`.
     fn hc_post(&self, x: &mut Self::Act, f: &Self::Act, mix: &Self::Mix) -> Result<()>;
     fn rms_norm(&self, x: &Self::Act, weight: &Tensor) -> Result<Self::Act>;

@@ -82,8 +82,7 @@ pub fn attention_half<B: Backend>(
     pos0: usize,
 ) -> Result<()> {
     let w = &layer.attn;
-    let (y, mix) = b.hc_pre(&layer.hc_attn, x)?;
-    let n = b.rms_norm(&y, &w.norm)?;
+    let (n, mix) = b.hc_pre_norm(&layer.hc_attn, x, &w.norm)?;
     let inputs = b.attention_inputs(il, w, &n, pos0)?;
     // The current token attends to itself, so its raw row goes in first.
     b.append_raw(kv, il, &inputs.kv, pos0)?;
@@ -111,8 +110,7 @@ pub fn ffn_half<B: Backend>(
     tokens: &[u32],
 ) -> Result<()> {
     let w = &layer.ffn;
-    let (y, mix) = b.hc_pre(&layer.hc_ffn, x)?;
-    let n = b.rms_norm(&y, &w.norm)?;
+    let (n, mix) = b.hc_pre_norm(&layer.hc_ffn, x, &w.norm)?;
     let routes = b.route(il, w, &n, tokens)?;
     let f = b.experts(il, w, &n, &routes)?;
     b.hc_post(x, &f, &mix)

@@ -292,6 +292,9 @@ fn hyper_connections(c: &mut Ctx, report: &mut Report) -> Res<()> {
     let (yc, mixc) = c.cpu.hc_pre(&layer.hc_attn, &xc)?;
     let (yg, mixg) = c.gpu.hc_pre(&layer.hc_attn, &xg)?;
     report.compare("stage hc_pre", &c.down(&yg)?, &yc.data);
+    let (nc, _) = c.cpu.hc_pre_norm(&layer.hc_attn, &xc, &layer.attn.norm)?;
+    let (ng, _) = c.gpu.hc_pre_norm(&layer.hc_attn, &xg, &layer.attn.norm)?;
+    report.compare("stage hc_pre_norm (fused)", &c.down(&ng)?, &nc.data);
     let (fc, fg) = c.act(t, d, 1.0)?;
     c.cpu.hc_post(&mut xc, &fc, &mixc)?;
     c.gpu.hc_post(&mut xg, &fg, &mixg)?;
