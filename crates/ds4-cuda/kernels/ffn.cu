@@ -1,6 +1,7 @@
 // The mixture-of-experts sublayer (MODEL.md 3.8).
 
 #define DS4_MAX_USED 16
+#define DS4_ROUTE_REG 8
 
 // Routing, one warp per token: scores s = sqrt(softplus(logit)); experts
 // from tid2eid (hash layers, when tid2eid != 0) or the top-k of s + bias,
@@ -27,15 +28,38 @@ extern "C" __global__ void route(const float* __restrict__ logits, float* __rest
         for (int j = 0; j < k; j++) chosen[j] = tid2eid[(i64)tokens[t] * k + j];
     } else {
         u32 taken[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bit (e / 32) of lane e % 32
+        // Up to 256 experts, a lane's candidates stay in registers for all k
+        // rounds (one pass over memory instead of k).
+        float vr[DS4_ROUTE_REG];
+        const bool in_regs = n_expert <= DS4_ROUTE_REG * DS4_WARP;
+        if (in_regs) {
+#pragma unroll
+            for (int q = 0; q < DS4_ROUTE_REG; q++) {
+                const int e = lane + q * DS4_WARP;
+                vr[q] = e < n_expert ? (bias ? s[e] + bias[e] : s[e]) : 0.0f;
+            }
+        }
         for (int j = 0; j < k; j++) {
             float bv = -DS4_INF;
             int bi = 0x7fffffff;
-            for (int e = lane, q = 0; e < n_expert; e += DS4_WARP, q++) {
-                if ((taken[q >> 5] >> (q & 31)) & 1) continue;
-                const float v = bias ? s[e] + bias[e] : s[e];
-                if (v > bv || bi == 0x7fffffff) {
-                    bv = v;
-                    bi = e;
+            if (in_regs) {
+#pragma unroll
+                for (int q = 0; q < DS4_ROUTE_REG; q++) {
+                    const int e = lane + q * DS4_WARP;
+                    if (e >= n_expert || ((taken[0] >> q) & 1)) continue;
+                    if (vr[q] > bv || bi == 0x7fffffff) {
+                        bv = vr[q];
+                        bi = e;
+                    }
+                }
+            } else {
+                for (int e = lane, q = 0; e < n_expert; e += DS4_WARP, q++) {
+                    if ((taken[q >> 5] >> (q & 31)) & 1) continue;
+                    const float v = bias ? s[e] + bias[e] : s[e];
+                    if (v > bv || bi == 0x7fffffff) {
+                        bv = v;
+                        bi = e;
+                    }
                 }
             }
             for (int o = 16; o > 0; o >>= 1) {
