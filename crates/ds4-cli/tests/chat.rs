@@ -124,6 +124,9 @@ fn bad_flags_and_inputs_fail_clearly() {
     if !cfg!(feature = "cuda") {
         let err = assert_one_line_error(&ds4(&["-m", tiny(), "-p", "x", "--backend", "cuda"]));
         assert!(err.contains("built without CUDA"), "{err}");
+        // The server takes the same backend flags (checked before it binds).
+        let err = assert_one_line_error(&ds4(&["serve", "-m", tiny(), "--cuda", "--port", "1"]));
+        assert!(err.contains("built without CUDA"), "{err}");
     }
 }
 

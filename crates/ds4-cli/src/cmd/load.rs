@@ -67,15 +67,21 @@ pub struct ModelArgs {
     pub warm_weights: bool,
 }
 
+/// The backend that `--backend NAME`, `--cpu` or `--cuda` names, else the
+/// build's default.
+pub fn resolve_backend(backend: Option<BackendKind>, cpu: bool, cuda: bool) -> BackendKind {
+    if cpu {
+        BackendKind::Cpu
+    } else if cuda {
+        BackendKind::Cuda
+    } else {
+        backend.unwrap_or_else(BackendKind::default_for_build)
+    }
+}
+
 impl ModelArgs {
     pub fn backend_kind(&self) -> BackendKind {
-        if self.cpu {
-            BackendKind::Cpu
-        } else if self.cuda {
-            BackendKind::Cuda
-        } else {
-            self.backend.unwrap_or_else(BackendKind::default_for_build)
-        }
+        resolve_backend(self.backend, self.cpu, self.cuda)
     }
 
     fn cpu_threads(&self) -> usize {
@@ -86,7 +92,7 @@ impl ModelArgs {
     }
 }
 
-const NO_CUDA: &str = "this ds4 was built without CUDA: rebuild with \
+pub const NO_CUDA: &str = "this ds4 was built without CUDA: rebuild with \
      `cargo build --release --features cuda`, or use --backend cpu";
 
 /// Generic code that runs on an engine, whatever its backend.

@@ -11,6 +11,8 @@ use ds4_engine::{CachePolicy, Engine, EngineOptions};
 use ds4_model::Model;
 use ds4_server::{KvDiskOptions, ServerOptions};
 
+use super::load::{resolve_backend, BackendKind};
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Model file (GGUF); default: the top-level -m
@@ -22,7 +24,16 @@ pub struct ServeArgs {
     /// Output tokens when a request sets no limit (clamped to the context)
     #[arg(short = 'n', long, default_value_t = 393_216, value_parser = clap::value_parser!(u32).range(1..))]
     tokens: u32,
-    /// CPU threads (default: one per core)
+    /// Backend: cpu, or cuda (builds with `--features cuda`) [default: cuda on CUDA builds, else cpu]
+    #[arg(long, value_enum, value_name = "NAME")]
+    backend: Option<BackendKind>,
+    /// Shorthand for --backend cpu
+    #[arg(long, conflicts_with_all = ["backend", "cuda"])]
+    cpu: bool,
+    /// Shorthand for --backend cuda
+    #[arg(long, conflicts_with = "backend")]
+    cuda: bool,
+    /// CPU threads (default: one per core; the CPU backend only)
     #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
     /// Bind address, IPv4 only (localhost = 127.0.0.1)
@@ -141,11 +152,19 @@ pub fn run(a: ServeArgs, default_model: &Path) -> Result<ExitCode> {
             model.display()
         );
     }
+    let ctx = a.ctx as usize;
+    let engine_opts = EngineOptions {
+        ctx,
+        ..EngineOptions::default()
+    };
+    if resolve_backend(a.backend, a.cpu, a.cuda) == BackendKind::Cuda {
+        serve_cuda(opts, model, engine_opts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let threads = a
         .threads
         .map(|t| t as usize)
         .unwrap_or_else(|| CpuOptions::default().threads);
-    let ctx = a.ctx as usize;
     let make = move || -> std::result::Result<Engine<CpuBackend>, String> {
         let m = Model::open(&model).map_err(|e| format!("{}: {e}", model.display()))?;
         let backend = CpuBackend::new(
@@ -155,18 +174,29 @@ pub fn run(a: ServeArgs, default_model: &Path) -> Result<ExitCode> {
                 ..CpuOptions::default()
             },
         );
-        Engine::new(
-            m,
-            backend,
-            EngineOptions {
-                ctx,
-                ..EngineOptions::default()
-            },
-        )
-        .map_err(|e| e.to_string())
+        Engine::new(m, backend, engine_opts).map_err(|e| e.to_string())
     };
     ds4_server::run(opts, make)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server on the CUDA backend: the worker opens the model and uploads
+/// the weights (a GPU or memory error ends `serve` with that message).
+#[cfg(feature = "cuda")]
+fn serve_cuda(opts: ServerOptions, model: PathBuf, engine_opts: EngineOptions) -> Result<()> {
+    use ds4_cuda::{CudaBackend, CudaOptions};
+    let make = move || -> std::result::Result<Engine<CudaBackend>, String> {
+        let m = Model::open(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+        let backend = CudaBackend::new(&m, CudaOptions::default()).map_err(|e| e.to_string())?;
+        Engine::new(m, backend, engine_opts).map_err(|e| e.to_string())
+    };
+    ds4_server::run(opts, make)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn serve_cuda(_opts: ServerOptions, _model: PathBuf, _engine_opts: EngineOptions) -> Result<()> {
+    bail!(super::load::NO_CUDA)
 }
 
 #[cfg(test)]
@@ -208,8 +238,19 @@ mod tests {
             (d.budget_mb, d.policy.min_tokens, d.policy.cold_max_tokens),
             (4096, 512, 0)
         );
+        let kind = |args: &[&str]| {
+            let a = parse(args).unwrap();
+            resolve_backend(a.backend, a.cpu, a.cuda)
+        };
+        assert_eq!(kind(&["--cpu"]), BackendKind::Cpu);
+        assert_eq!(kind(&["--cuda"]), BackendKind::Cuda);
+        assert_eq!(kind(&["--backend", "cuda"]), BackendKind::Cuda);
+        assert_eq!(kind(&[]), BackendKind::default_for_build());
         for bad in [
             &["--port", "0"][..],
+            &["--cpu", "--cuda"],
+            &["--backend", "cpu", "--cuda"],
+            &["--backend", "tpu"],
             &["--ctx", "0"],
             &["--tokens", "-1"],
             &["--tool-memory-max-ids", "0"],
