@@ -349,3 +349,210 @@ pub fn gate(b: &CudaBackend, ns: u64) -> Result<()> {
     b.gpu()
         .launch("spin_ns", (1, 1, 1), 32, 0, &[crate::gpu::Arg::U64(ns)])
 }
+
+/// One weight product of a decode step timed on its own by
+/// [`decode_products`].
+pub struct ProductTiming {
+    pub name: &'static str,
+    /// Weight format and shape, e.g. `Q8_0 32768x1024`.
+    pub what: String,
+    /// Weight bytes one launch reads.
+    pub bytes: usize,
+    /// Median µs per launch.
+    pub us: f64,
+}
+
+/// Times every weight product of one decode step of layer `il` (one token,
+/// random activations, the same launches as the forward pass: multi-product
+/// GEMVs, grouped output projection, six routed experts with their ids on
+/// the device): `reps` launches back to back between two events (so
+/// consecutive launches overlap as in decode), `runs` times, median. For
+/// iterating on the GEMV kernels without the whole model: a one-layer
+/// synthetic file has every production shape.
+pub fn decode_products(
+    b: &CudaBackend,
+    w: &Weights,
+    il: usize,
+    reps: usize,
+    runs: usize,
+) -> Result<Vec<ProductTiming>> {
+    use crate::ops::{Items, Mat};
+    let cfg = &b.cfg;
+    let layer = w
+        .layers
+        .get(il)
+        .ok_or_else(|| crate::CudaError::Invalid(format!("no layer {il}")))?;
+    let (d, hd, heads, rank) = (cfg.d_model, cfg.head_dim, cfg.n_head, cfg.q_lora_rank);
+    let (groups, o_rank, k) = (cfg.n_out_group, cfg.o_lora_rank, cfg.n_expert_used);
+    let random = |rows: usize, width: usize, seed: u64| -> Result<CudaAct> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let data: Vec<f32> = (0..rows * width)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        b.upload_act(rows, width, &data)
+    };
+    let at = &layer.attn;
+    let ffn = &layer.ffn;
+    let (qa, kv, qb) = (b.mat(&at.q_a)?, b.mat(&at.kv)?, b.mat(&at.q_b)?);
+    let (oa, ob) = (b.mat(&at.output_a)?, b.mat(&at.output_b)?);
+    let router = b.mat(&ffn.router)?;
+    let (mg, mu, md) = (
+        b.mat(&ffn.gate_exps)?,
+        b.mat(&ffn.up_exps)?,
+        b.mat(&ffn.down_exps)?,
+    );
+    let (sg, su, sd) = (
+        b.mat(&ffn.gate_shared)?,
+        b.mat(&ffn.up_shared)?,
+        b.mat(&ffn.down_shared)?,
+    );
+    let head = b.mat(&w.output)?;
+    let ff = mg.n_rows;
+    let x_d = random(1, d, 1)?;
+    let x_rank = random(1, rank, 2)?;
+    let x_o = random(1, heads * hd, 3)?;
+    let x_low = random(1, groups * o_rank, 4)?;
+    let x_ff = random(k, ff, 5)?;
+    let ids: Vec<i32> = (0..k)
+        .map(|i| ((i * 37 + 11) % cfg.n_expert) as i32)
+        .collect();
+    let ids = b.gpu.upload(&ids)?;
+    let ids = b.gpu.ptr(&ids);
+    let y = b.new_act(k, (heads * hd).max(head.n_rows).max(2 * ff))?;
+    let y2 = b.new_act(k, (heads * hd).max(2 * ff))?;
+    let (py, py2) = (b.ptr(&y), b.ptr(&y2));
+    let plain = |x: &CudaAct, rows: usize, out: u64| Items::plain(1, b.ptr(x), x.width, out, rows);
+    let experts = |m: Mat, x: u64, x_stride: usize, x_div: usize, out: u64| Items {
+        mat_ids: ids,
+        x_div,
+        ..Items::plain(k, x, x_stride, out, m.n_rows)
+    };
+    let bytes = |m: &Mat| m.n_rows * m.row_bytes;
+    let what = |m: &Mat, n: usize| {
+        let mats = if n > 1 {
+            format!("{n} x ")
+        } else {
+            String::new()
+        };
+        format!("{mats}{} {}x{}", m.ggml_type, m.n_rows, m.row_len)
+    };
+    type Job = Vec<(Mat, Items)>;
+    let oa_all = oa.rows(0, groups * o_rank);
+    let mut jobs: Vec<(&'static str, String, usize, Job)> = vec![
+        (
+            "attn q_a + kv",
+            format!("{} + {}", what(&qa, 1), what(&kv, 1)),
+            bytes(&qa) + bytes(&kv),
+            vec![
+                (qa, plain(&x_d, qa.n_rows, py)),
+                (kv, plain(&x_d, kv.n_rows, py2)),
+            ],
+        ),
+        (
+            "attn q_b",
+            what(&qb, 1),
+            bytes(&qb),
+            vec![(qb, plain(&x_rank, qb.n_rows, py))],
+        ),
+        (
+            "attn output_a (grouped)",
+            what(&oa_all, 1),
+            bytes(&oa_all),
+            vec![(
+                oa_all,
+                Items {
+                    x_grp: Some((o_rank, heads / groups * hd)),
+                    ..plain(&x_o, oa_all.n_rows, py)
+                },
+            )],
+        ),
+        (
+            "attn output_b",
+            what(&ob, 1),
+            bytes(&ob),
+            vec![(ob, plain(&x_low, ob.n_rows, py))],
+        ),
+        (
+            "router",
+            what(&router, 1),
+            bytes(&router),
+            vec![(router, plain(&x_d, router.n_rows, py))],
+        ),
+        (
+            "routed gate + up",
+            format!("{} + {}", what(&mg, k), what(&mu, k)),
+            k * (bytes(&mg) + bytes(&mu)),
+            vec![
+                (mg, experts(mg, b.ptr(&x_d), d, k, py)),
+                (mu, experts(mu, b.ptr(&x_d), d, k, py2)),
+            ],
+        ),
+        (
+            "routed down",
+            what(&md, k),
+            k * bytes(&md),
+            vec![(md, experts(md, b.ptr(&x_ff), ff, 1, py))],
+        ),
+        (
+            "shared gate + up",
+            format!("{} + {}", what(&sg, 1), what(&su, 1)),
+            bytes(&sg) + bytes(&su),
+            vec![
+                (sg, plain(&x_d, sg.n_rows, py)),
+                (su, plain(&x_d, su.n_rows, py2)),
+            ],
+        ),
+        (
+            "shared down",
+            what(&sd, 1),
+            bytes(&sd),
+            vec![(sd, plain(&x_ff, sd.n_rows, py))],
+        ),
+        (
+            "output head",
+            what(&head, 1),
+            bytes(&head),
+            vec![(head, plain(&x_d, head.n_rows, py))],
+        ),
+    ];
+    if let Some(c) = &at.compressor {
+        let (ck, cg) = (b.mat(&c.kv)?, b.mat(&c.gate)?);
+        jobs.push((
+            "compressor kv + gate",
+            format!("{} + {}", what(&ck, 1), what(&cg, 1)),
+            bytes(&ck) + bytes(&cg),
+            vec![
+                (ck, plain(&x_d, ck.n_rows, py)),
+                (cg, plain(&x_d, cg.n_rows, py2)),
+            ],
+        ));
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for (name, what, bytes, job) in jobs {
+        b.products(&job)?; // warm-up
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let (r, span) = b.gpu.span(|| -> Result<()> {
+                for _ in 0..reps.max(1) {
+                    b.products(&job)?;
+                }
+                Ok(())
+            })?;
+            r?;
+            times.push(f64::from(span.ms()?) * 1e3 / reps.max(1) as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        out.push(ProductTiming {
+            name,
+            what,
+            bytes,
+            us: times[times.len() / 2],
+        });
+    }
+    Ok(out)
+}

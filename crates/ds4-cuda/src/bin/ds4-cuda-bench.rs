@@ -6,7 +6,11 @@
 //! ds4-cuda-bench synth --preset flash-q2 [--layers N] -o MODEL.gguf
 //! ds4-cuda-bench run -m MODEL.gguf [--ctx 2048,8192,16384,65536] [--chunk 2048]
 //!     [--gen 32] [--csv FILE] [--breakdown FILE] [--deadline-s 300]
+//! ds4-cuda-bench products -m MODEL.gguf [--layer 0] [--reps 50] [--runs 7]
 //! ```
+//!
+//! `products` times each weight product of one decode step on its own (for
+//! GEMV kernel work: a `--layers 1` synthetic file has every shape).
 //!
 //! For each frontier f: prefill the next f − previous tokens (chunks of
 //! `--chunk`), then decode `--gen` tokens greedily (median step time), then
@@ -23,7 +27,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ds4_cuda::bench::{copy_bandwidth, decode_stage_bytes, gate, Stage, StageTimes, Timed};
+use ds4_cuda::bench::{
+    copy_bandwidth, decode_products, decode_stage_bytes, gate, Stage, StageTimes, Timed,
+};
 use ds4_cuda::{CudaBackend, CudaOptions, GemvStaging};
 use ds4_model::backend::{Backend, Export};
 use ds4_model::forward::{forward, forward_chunked, Logits};
@@ -36,7 +42,9 @@ fn usage() -> ExitCode {
         "usage: ds4-cuda-bench synth --preset NAME [--layers N] -o FILE\n       \
          ds4-cuda-bench run -m FILE [--ctx LIST] [--chunk N] [--gen N] [--csv FILE] \
          [--breakdown FILE] [--deadline-s S] [--exact] [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] \
-         [--no-dependent-launch]"
+         [--no-dependent-launch]\n       \
+         ds4-cuda-bench products -m FILE [--layer L] [--reps N] [--runs N] \
+         [--gemv-stage LIST] [--no-dependent-launch]"
     );
     ExitCode::from(2)
 }
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("synth") => cmd_synth(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
+        Some("products") => cmd_products(&args[1..]),
         _ => return usage(),
     };
     match result {
@@ -62,6 +71,69 @@ fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str> {
     args.get(*i)
         .map(String::as_str)
         .ok_or_else(|| anyhow!("{flag} needs a value"))
+}
+
+/// Each weight product of one decode step on its own (`bench::decode_products`):
+/// µs per launch and GB/s against a device copy measured in the same run.
+fn cmd_products(args: &[String]) -> Result<()> {
+    let (mut model, mut layer, mut reps, mut runs) = (None, 0usize, 50usize, 7usize);
+    let mut opts = CudaOptions::default();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-m" | "--model" => model = Some(PathBuf::from(value(args, &mut i, "-m")?)),
+            "--layer" => layer = value(args, &mut i, "--layer")?.parse()?,
+            "--reps" => reps = value(args, &mut i, "--reps")?.parse()?,
+            "--runs" => runs = value(args, &mut i, "--runs")?.parse()?,
+            "--gemv-stage" => {
+                opts.gemv_staging = GemvStaging::parse(value(args, &mut i, "--gemv-stage")?)
+                    .map_err(anyhow::Error::msg)?
+            }
+            "--no-dependent-launch" => opts.dependent_launch = false,
+            a => bail!("unknown argument {a}"),
+        }
+        i += 1;
+    }
+    let model = model.ok_or_else(|| anyhow!("-m MODEL is required"))?;
+    if reps == 0 || runs == 0 {
+        bail!("--reps and --runs must be positive");
+    }
+    let m = Model::open(&model).with_context(|| format!("opening {}", model.display()))?;
+    let b = CudaBackend::new(&m, opts)?;
+    let info = b.device_info().clone();
+    let copy_gbs = copy_bandwidth(&b, 2 << 30, 20)?;
+    println!(
+        "card: {} (compute {}.{}), date {}, model {}, layer {layer}, {reps} launches x {runs} runs\n\
+         device-to-device copy: {copy_gbs:.0} GB/s (read + write)\n",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        today(),
+        model.display()
+    );
+    println!("| product | weights | MB | µs/launch | GB/s | of copy |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut total = (0usize, 0f64);
+    for t in decode_products(&b, &m.weights, layer, reps, runs)? {
+        let gbs = t.bytes as f64 / (t.us * 1e-6) / 1e9;
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {gbs:.0} | {:.0} % |",
+            t.name,
+            t.what,
+            t.bytes as f64 / 1e6,
+            t.us,
+            100.0 * gbs / copy_gbs
+        );
+        total = (total.0 + t.bytes, total.1 + t.us);
+    }
+    println!(
+        "| **all** | | {:.1} | {:.2} | {:.0} | {:.0} % |",
+        total.0 as f64 / 1e6,
+        total.1,
+        total.0 as f64 / (total.1 * 1e-6) / 1e9,
+        100.0 * total.0 as f64 / (total.1 * 1e-6) / 1e9 / copy_gbs
+    );
+    Ok(())
 }
 
 fn cmd_synth(args: &[String]) -> Result<()> {
