@@ -16,17 +16,24 @@
 //! cold and continued saves of SERVING.md §6.4.
 
 use crate::error::{EngineError, Result};
-use crate::kvstore::{KvStore, SaveReason, StoreOutcome, StoreRequest};
+use crate::kvstore::{KvStore, SaveReason, StoreOutcome, StoreRequest, ToolMapping};
 use crate::session::{Control, Engine, Session, SyncReport};
 use ds4_model::backend::Backend;
 
 /// Renders tokens to the cache text (the text layer's detokenizer).
 pub type TextOf = Box<dyn Fn(&[u32]) -> String + Send + Sync>;
 
+/// The tool-id mappings to store with a checkpoint of this cache text (the
+/// server's exact-DSML replay memory; SERVING.md §3.8). The store keeps only
+/// those whose block occurs in the text.
+pub type ToolMapOf = Box<dyn Fn(&str) -> Vec<ToolMapping> + Send + Sync>;
+
 /// The disk side of a pool.
 pub struct DiskCache {
     pub store: KvStore,
     pub text_of: TextOf,
+    /// `None`: checkpoints carry no tool-id map.
+    pub tool_map_of: Option<ToolMapOf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +142,10 @@ impl<B: Backend> SessionPool<B> {
         }
         let payload = engine.export_payload(s)?;
         let text = (disk.text_of)(&s.tokens()[..len]);
+        let tool_map = disk
+            .tool_map_of
+            .as_ref()
+            .map_or_else(Vec::new, |f| f(&text));
         let req = StoreRequest {
             text: &text,
             payload: &payload,
@@ -143,7 +154,7 @@ impl<B: Backend> SessionPool<B> {
             quant_bits: engine.quant_bits(),
             reason,
             key_flags: 0,
-            tool_map: &[],
+            tool_map: &tool_map,
             protect: &[],
         };
         // A failed write (full disk, I/O error) is logged by the store and

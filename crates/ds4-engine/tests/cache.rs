@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use ds4_engine::kvstore::{KvStore, KvStoreOptions, StoreOutcome, StoreRequest};
+use ds4_engine::kvstore::{KvStore, KvStoreOptions, StoreOutcome, StoreRequest, ToolMapping};
 use ds4_engine::{CachePolicy, Control, DiskCache, PoolOptions, SaveReason, SessionPool};
 use ds4_model::numerics::Numerics;
 use ds4_model::payload::payload_bytes;
@@ -39,6 +39,7 @@ fn disk(dir: &Path) -> DiskCache {
         )
         .unwrap(),
         text_of: Box::new(|t: &[u32]| text_of(t)),
+        tool_map_of: None,
     }
 }
 
@@ -388,4 +389,52 @@ fn a_damaged_cache_file_is_skipped_and_the_session_stays_correct() {
         assert!(!path.exists(), "{what}: the file was not moved aside");
         assert!(dir.path().join("quarantine").read_dir().unwrap().count() > 0);
     }
+}
+
+/// A checkpoint written by the pool carries the tool-id mappings whose DSML
+/// block occurs in its text (SERVING.md §6.3 flag bit 0, §3.8), and a reader
+/// handle finds them by id without loading payloads.
+#[test]
+fn checkpoints_carry_the_tool_map_and_a_reader_finds_ids() {
+    let e = engine(Numerics::Exact);
+    let dir = tempfile::tempdir().unwrap();
+    let a = tokens(71, 20);
+    let b = tokens(72, 19);
+    let in_text = text_of(&a[5..9]);
+    let mut cache = disk(dir.path());
+    let block = in_text.clone();
+    cache.tool_map_of = Some(Box::new(move |_text: &str| {
+        vec![
+            ToolMapping {
+                id: "call_in".into(),
+                dsml: block.clone(),
+            },
+            ToolMapping {
+                id: "call_absent".into(),
+                dsml: "<no such block>".into(),
+            },
+        ]
+    }));
+    let mut pool = SessionPool::new(PoolOptions::default(), Some(cache));
+    pool.prepare(&e, &a, Control::default()).unwrap();
+    // One live session: B evicts A to disk, with its map.
+    pool.prepare(&e, &b, Control::default()).unwrap();
+    let reader = KvStore::reader(dir.path(), KvStoreOptions::default());
+    let all = reader.tool_mappings(&|_| true);
+    assert_eq!(
+        all,
+        vec![ToolMapping {
+            id: "call_in".into(),
+            dsml: in_text.clone()
+        }],
+        "only the mapping whose block is in the checkpoint text is stored"
+    );
+    assert!(reader.tool_mappings(&|id| id == "call_other").is_empty());
+    // The full load agrees with the reader.
+    let entry = reader
+        .scan()
+        .into_iter()
+        .find(|e| e.header.reason == SaveReason::Evict)
+        .unwrap();
+    assert_eq!(reader.load(&entry).unwrap().tool_map, all);
 }

@@ -353,6 +353,7 @@ pub fn chat_job(
         .messages
         .iter()
         .any(|m| !m.tool_calls.is_empty() || m.role == Role::Tool);
+    shared.load_disk_tool_ids(&input.messages);
     let replay = shared.apply_tool_memory(&mut input.messages);
     if tools
         && !matches!(

@@ -43,17 +43,18 @@ compile_error!(
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use ds4_engine::kvstore::{KvStore, KvStoreOptions};
-use ds4_engine::{tokenizer_from_gguf, DiskCache, Engine, PoolOptions, SessionPool};
+use ds4_engine::kvstore::{KvStore, KvStoreOptions, ToolMapping};
+use ds4_engine::{tokenizer_from_gguf, DiskCache, Engine, PoolOptions, SessionPool, ToolMapOf};
 use ds4_model::backend::Backend;
 use ds4_text::{SpecialIds, Tokenizer};
 
 pub use options::{KvDiskOptions, ServerOptions, MODEL_ID};
 
 use crate::state::Shared;
+use crate::toolmem::ToolMemory;
 use crate::trace::Trace;
 use crate::worker::{log, Worker};
 
@@ -111,6 +112,7 @@ fn disk_cache(
     opts: &ServerOptions,
     tok: &Arc<Tokenizer>,
     specials: &SpecialIds,
+    memory: &Arc<Mutex<ToolMemory>>,
 ) -> Result<DiskCache, String> {
     let mut policy = d.policy.clone();
     policy.user_token = Some(specials.user);
@@ -138,22 +140,40 @@ fn disk_cache(
         policy.boundary_align_tokens,
     ));
     let t = Arc::clone(tok);
+    let mem = Arc::clone(memory);
+    let tool_map_of: Option<ToolMapOf> = opts.exact_dsml_replay.then(|| -> ToolMapOf {
+        Box::new(move |text: &str| {
+            mem.lock()
+                .map(|m| {
+                    m.mappings_in(text)
+                        .into_iter()
+                        .map(|(id, block)| ToolMapping {
+                            id,
+                            dsml: block.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    });
     Ok(DiskCache {
         store,
         text_of: Box::new(move |ids: &[u32]| t.decode_lossy(ids)),
+        tool_map_of,
     })
 }
 
 fn build_parts<B: Backend>(
     opts: &ServerOptions,
     make: impl FnOnce() -> Result<Engine<B>, String>,
+    memory: &Arc<Mutex<ToolMemory>>,
 ) -> Result<Parts<B>, String> {
     let engine = make()?;
     let tok = Arc::new(tokenizer_from_gguf(&engine.model().file).map_err(|e| e.to_string())?);
     let specials = tok.specials().map_err(|e| e.to_string())?;
     let disk = match &opts.kv_disk {
         None => None,
-        Some(d) => Some(disk_cache(d, opts, &tok, &specials)?),
+        Some(d) => Some(disk_cache(d, opts, &tok, &specials, memory)?),
     };
     let pool = SessionPool::new(
         PoolOptions {
@@ -183,8 +203,9 @@ fn worker_main<B: Backend>(
     jobs: std::sync::mpsc::Receiver<job::Job>,
     ready: std::sync::mpsc::Sender<Ready>,
     shared: std::sync::mpsc::Receiver<Arc<Shared>>,
+    memory: Arc<Mutex<ToolMemory>>,
 ) -> usize {
-    match build_parts(&opts, make) {
+    match build_parts(&opts, make, &memory) {
         Err(e) => {
             let _ = ready.send(Err(e));
             0
@@ -219,15 +240,26 @@ where
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
     let worker_opts = opts.clone();
+    let memory = Arc::new(Mutex::new(ToolMemory::new(opts.tool_memory_max_ids)));
+    let worker_memory = Arc::clone(&memory);
     let worker = std::thread::Builder::new()
         .name("ds4-worker".into())
-        .spawn(move || worker_main(worker_opts, make, job_rx, ready_tx, shared_rx))?;
+        .spawn(move || {
+            worker_main(
+                worker_opts,
+                make,
+                job_rx,
+                ready_tx,
+                shared_rx,
+                worker_memory,
+            )
+        })?;
     let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
         .await
         .map_err(|e| ServerError::Startup(e.to_string()))?
         .map_err(|_| ServerError::Startup("the worker thread exited during startup".into()))?;
     let (tok, ctx, specials) = ready.map_err(ServerError::Startup)?;
-    let shared = Arc::new(Shared::new(opts, ctx, tok, specials, job_tx));
+    let shared = Arc::new(Shared::new(opts, ctx, tok, specials, job_tx, memory));
     shared_tx
         .send(Arc::clone(&shared))
         .map_err(|_| ServerError::Startup("the worker thread exited during startup".into()))?;

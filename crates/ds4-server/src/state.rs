@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
+use ds4_engine::kvstore::{KvStore, KvStoreOptions};
 use ds4_text::chat::{Message, Role};
 use ds4_text::{SpecialIds, Tokenizer};
 
@@ -90,7 +91,12 @@ pub struct Shared {
     pub ctx: usize,
     pub tok: Arc<Tokenizer>,
     pub specials: SpecialIds,
-    pub tool_memory: Mutex<ToolMemory>,
+    /// Shared with the worker's disk cache, which stores the mappings of a
+    /// checkpoint's text with it.
+    pub tool_memory: Arc<Mutex<ToolMemory>>,
+    /// The disk cache directory, read for tool-id maps (§3.8) before a
+    /// request renders; the worker owns the writing side.
+    disk_tools: Option<KvStore>,
     pub stats: Stats,
     /// Set once shutdown starts: new jobs are refused, the running one ends.
     pub shutdown: Arc<AtomicBool>,
@@ -105,14 +111,28 @@ impl Shared {
         tok: Arc<Tokenizer>,
         specials: SpecialIds,
         queue: SyncSender<Job>,
+        tool_memory: Arc<Mutex<ToolMemory>>,
     ) -> Self {
-        let max_ids = opts.tool_memory_max_ids;
+        let disk_tools = opts
+            .kv_disk
+            .as_ref()
+            .filter(|_| opts.exact_dsml_replay)
+            .map(|d| {
+                KvStore::reader(
+                    &d.dir,
+                    KvStoreOptions {
+                        max_tool_ids: opts.tool_memory_max_ids as u64,
+                        ..KvStoreOptions::default()
+                    },
+                )
+            });
         Self {
             opts,
             ctx,
             tok,
             specials,
-            tool_memory: Mutex::new(ToolMemory::new(max_ids)),
+            tool_memory,
+            disk_tools,
             stats: Stats::default(),
             shutdown: Arc::new(AtomicBool::new(false)),
             queue: Mutex::new(Some(queue)),
@@ -166,6 +186,36 @@ impl Shared {
         }
     }
 
+    /// Loads from the disk checkpoints' tool-id maps the mappings of the
+    /// assistant tool-call ids in `messages` that memory does not know
+    /// (§3.8 step 1), e.g. after a restart.
+    pub fn load_disk_tool_ids(&self, messages: &[Message]) {
+        let Some(store) = &self.disk_tools else {
+            return;
+        };
+        let wanted: std::collections::HashSet<&str> = {
+            let Ok(mem) = self.tool_memory.lock() else {
+                return;
+            };
+            messages
+                .iter()
+                .filter(|m| m.role == Role::Assistant)
+                .flat_map(|m| m.tool_calls.iter().filter_map(|c| c.id.as_deref()))
+                .filter(|id| !mem.contains(id))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        // The directory is read without holding the memory's lock.
+        let found = store.tool_mappings(&|id| wanted.contains(id));
+        if let Ok(mut mem) = self.tool_memory.lock() {
+            for m in found {
+                mem.put_from_disk(&[m.id], &m.dsml);
+            }
+        }
+    }
+
     /// Sets `raw_dsml` on assistant messages whose tool-call ids all map to
     /// one remembered block (§3.8).
     pub fn apply_tool_memory(&self, messages: &mut [Message]) -> ReplayStats {
@@ -181,12 +231,13 @@ impl Shared {
             match self
                 .opts
                 .exact_dsml_replay
-                .then(|| mem.block_for(&ids))
+                .then(|| mem.replay_for(&ids))
                 .flatten()
             {
-                Some(block) => {
+                Some((block, from_disk)) => {
                     m.raw_dsml = Some(block.to_string());
                     stats.mem += 1;
+                    stats.disk += usize::from(from_disk);
                 }
                 None => {
                     stats.canonical += 1;

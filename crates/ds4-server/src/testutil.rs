@@ -127,5 +127,11 @@ pub fn shared(opts: ServerOptions, ctx: usize) -> (Arc<Shared>, std::sync::mpsc:
     let tok = Arc::clone(tokenizer_arc());
     let specials = tok.specials().expect("specials");
     let (tx, rx) = sync_channel(4);
-    (Arc::new(Shared::new(opts, ctx, tok, specials, tx)), rx)
+    let memory = Arc::new(std::sync::Mutex::new(crate::toolmem::ToolMemory::new(
+        opts.tool_memory_max_ids,
+    )));
+    (
+        Arc::new(Shared::new(opts, ctx, tok, specials, tx, memory)),
+        rx,
+    )
 }

@@ -19,6 +19,9 @@ pub const MAX_BYTES: usize = 512 << 20;
 struct Entry {
     block: Arc<str>,
     stamp: u64,
+    /// Loaded from a disk checkpoint's map rather than sampled by this
+    /// process (§3.8: "source RAM or DISK").
+    from_disk: bool,
 }
 
 pub struct ToolMemory {
@@ -37,6 +40,8 @@ pub struct ToolMemory {
 pub struct ReplayStats {
     /// Turns replayed from memory.
     pub mem: usize,
+    /// Of those, turns whose block came from a disk checkpoint's map.
+    pub disk: usize,
     /// Turns rendered canonically.
     pub canonical: usize,
     /// Of those, turns with an id the memory does not know.
@@ -74,6 +79,40 @@ impl ToolMemory {
 
     /// Maps every id to `block` (the calls of one turn share it).
     pub fn put(&mut self, ids: &[String], block: &str) {
+        self.insert(ids, block, false);
+    }
+
+    /// Mappings read from disk checkpoints: only ids not known already (a
+    /// block sampled by this process wins).
+    pub fn put_from_disk(&mut self, ids: &[String], block: &str) {
+        let new: Vec<String> = ids
+            .iter()
+            .filter(|id| !self.contains(id))
+            .cloned()
+            .collect();
+        self.insert(&new, block, true);
+    }
+
+    /// Every (id, block) whose block occurs in `text`: what a checkpoint of
+    /// that text should carry. One substring search per distinct block.
+    pub fn mappings_in(&self, text: &str) -> Vec<(String, Arc<str>)> {
+        let present: std::collections::HashSet<&str> = self
+            .blocks
+            .keys()
+            .filter(|b| text.contains(&***b))
+            .map(|b| &**b)
+            .collect();
+        let mut out: Vec<(String, Arc<str>)> = self
+            .ids
+            .iter()
+            .filter(|(_, e)| present.contains(&*e.block))
+            .map(|(id, e)| (id.clone(), Arc::clone(&e.block)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn insert(&mut self, ids: &[String], block: &str, from_disk: bool) {
         if block.is_empty() {
             return;
         }
@@ -95,6 +134,7 @@ impl ToolMemory {
                 Entry {
                     block: Arc::clone(&block),
                     stamp: self.tick,
+                    from_disk,
                 },
             );
             self.order.insert(self.tick, id.clone());
@@ -125,15 +165,22 @@ impl ToolMemory {
     /// The block to replay for one assistant message's calls: every id known
     /// and all mapping to the same block.
     pub fn block_for(&self, ids: &[Option<String>]) -> Option<Arc<str>> {
+        self.replay_for(ids).map(|(b, _)| b)
+    }
+
+    /// [`ToolMemory::block_for`], and whether any of the ids came from disk.
+    pub fn replay_for(&self, ids: &[Option<String>]) -> Option<(Arc<str>, bool)> {
         let mut found: Option<&Arc<str>> = None;
+        let mut from_disk = false;
         for id in ids {
             let e = self.ids.get(id.as_deref()?)?;
             match found {
                 Some(b) if !Arc::ptr_eq(b, &e.block) => return None,
                 _ => found = Some(&e.block),
             }
+            from_disk |= e.from_disk;
         }
-        found.cloned()
+        found.map(|b| (Arc::clone(b), from_disk))
     }
 }
 
@@ -143,6 +190,32 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<Option<String>> {
         v.iter().map(|s| Some(s.to_string())).collect()
+    }
+
+    #[test]
+    fn checkpoint_mappings_and_disk_entries() {
+        let mut m = ToolMemory::new(10);
+        m.put(&["a".into(), "b".into()], "BLOCK1");
+        m.put(&["c".into()], "BLOCK2");
+        let found: Vec<(String, String)> = m
+            .mappings_in("text BLOCK1 text")
+            .into_iter()
+            .map(|(id, b)| (id, b.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![("a".into(), "BLOCK1".into()), ("b".into(), "BLOCK1".into())]
+        );
+        assert!(m.mappings_in("nothing here").is_empty());
+        // A disk mapping does not replace a sampled one, and is marked.
+        m.put_from_disk(&["c".into(), "d".into()], "BLOCK3");
+        assert_eq!(m.replay_for(&ids(&["c"])).unwrap().0.as_ref(), "BLOCK2");
+        assert!(!m.replay_for(&ids(&["c"])).unwrap().1);
+        let (block, disk) = m.replay_for(&ids(&["d"])).unwrap();
+        assert_eq!((block.as_ref(), disk), ("BLOCK3", true));
+        // Sampled again by this process: no longer from disk.
+        m.put(&["d".into()], "BLOCK3");
+        assert!(!m.replay_for(&ids(&["d"])).unwrap().1);
     }
 
     #[test]

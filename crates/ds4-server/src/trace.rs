@@ -33,7 +33,7 @@ impl Trace {
             "===== request {} {} =====\nkind: {}\nmodel: {}\nstream: {}\ntools: {}\nthink_mode: {}\n\
              prompt_tokens: {}\neffective_tokens: {}\ncached_tokens: {}\n\
              sampling: temperature={} top_p={} top_k={} min_p={} seed={}\nmax_tokens: {}\n\
-             cache decision: source={} tool_replay mem={} canonical={} missing_ids={}\n",
+             cache decision: source={} tool_replay mem={} disk={} canonical={} missing_ids={}\n",
             job.seq,
             unix_now(),
             job.kind.name(),
@@ -52,6 +52,7 @@ impl Trace {
             job.max_tokens,
             source,
             job.replay.mem,
+            job.replay.disk,
             job.replay.canonical,
             job.replay.missing_ids,
         ));

@@ -173,8 +173,63 @@ impl KvStore {
         Ok(store)
     }
 
+    /// A handle on a cache directory that only reads: no temp-file cleanup
+    /// and no eviction pass, unlike [`KvStore::open`] (for a second thread
+    /// that looks up tool-id maps while the owner writes checkpoints).
+    pub fn reader(dir: impl AsRef<Path>, opts: KvStoreOptions) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            opts,
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The tool-id mappings whose id `wanted` accepts, from every checkpoint
+    /// with a map section (SERVING.md §3.8), most recently used first, one
+    /// per id. Reads only headers and map sections. A map that does not
+    /// parse is skipped here; loading that checkpoint reports it.
+    pub fn tool_mappings(&self, wanted: &dyn Fn(&str) -> bool) -> Vec<ToolMapping> {
+        let mut entries: Vec<Entry> = self
+            .scan()
+            .into_iter()
+            .filter(|e| e.header.flags & format::FLAG_TOOL_MAP != 0)
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse((e.header.last_used, e.header.created)));
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in &entries {
+            let Ok(map) = self.read_tool_map(e) else {
+                continue;
+            };
+            for m in map {
+                if wanted(&m.id) && seen.insert(m.id.clone()) {
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// The map section of one checkpoint (after its text and payload).
+    fn read_tool_map(&self, e: &Entry) -> Result<Vec<ToolMapping>, StoreError> {
+        let path = &e.path;
+        let fmt = |source| StoreError::Format {
+            path: path.clone(),
+            source,
+        };
+        let start = format::required_bytes(e.text_bytes, e.header.payload_bytes)
+            .filter(|&s| s < e.file_size)
+            .ok_or_else(|| fmt(FormatError::ToolMap("no map section".into())))?;
+        let mut f = File::open(path).map_err(io_err(path))?;
+        f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        let mut trailer = Vec::new();
+        f.take(e.file_size - start)
+            .read_to_end(&mut trailer)
+            .map_err(io_err(path))?;
+        format::parse_tool_map(&trailer, 4 * self.opts.max_tool_ids).map_err(fmt)
     }
 
     pub fn options(&self) -> &KvStoreOptions {

@@ -103,6 +103,55 @@ fn tool_memory_replays_sampled_dsml() {
 }
 
 #[test]
+fn tool_ids_come_back_from_disk_checkpoints_after_a_restart() {
+    // §3.8 step 1 / §6.3 flag bit 0: a fresh server (empty memory) finds the
+    // sampled block of a replayed call id in a checkpoint's tool-id map.
+    use ds4_engine::kvstore::{KvStore, KvStoreOptions, SaveReason, StoreRequest, ToolMapping};
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("<prompt>{SAMPLED}<more>");
+    KvStore::open(dir.path(), KvStoreOptions::default())
+        .unwrap()
+        .store(&StoreRequest {
+            text: &text,
+            payload: &[7u8; 64],
+            tokens: 600,
+            ctx: 100_000,
+            quant_bits: 2,
+            reason: SaveReason::Shutdown,
+            key_flags: 0,
+            tool_map: &[ToolMapping {
+                id: "call_exact".into(),
+                dsml: SAMPLED.into(),
+            }],
+            protect: &[],
+        })
+        .unwrap();
+    let opts = |replay: bool| ServerOptions {
+        kv_disk: Some(crate::options::KvDiskOptions {
+            dir: dir.path().to_path_buf(),
+            budget_mb: 64,
+            reject_different_quant: false,
+            policy: ds4_engine::CachePolicy::default(),
+        }),
+        exact_dsml_replay: replay,
+        ..ServerOptions::default()
+    };
+    let (sh, _q) = shared(opts(true), 100_000);
+    let req = chat::parse(&replay_body(), 100_000, None).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = chat_job(&sh, req.input, tx, Cancel::new()).unwrap();
+    assert!(job.prompt.text().contains(SAMPLED));
+    assert_eq!((job.replay.mem, job.replay.disk), (1, 1));
+    // With replay disabled the disk map is not consulted either.
+    let (sh, _q) = shared(opts(false), 100_000);
+    let req = chat::parse(&replay_body(), 100_000, None).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = chat_job(&sh, req.input, tx, Cancel::new()).unwrap();
+    assert!(!job.prompt.text().contains(SAMPLED));
+    assert_eq!((job.replay.mem, job.replay.disk), (0, 0));
+}
+
+#[test]
 fn exact_dsml_tool_replay_can_be_disabled() {
     // §9 item 57, and 18: canonical DSML keeps the client's key order.
     let (sh, _q) = shared(
