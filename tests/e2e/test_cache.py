@@ -73,6 +73,44 @@ def test_restart_resumes_from_disk(make_server, tmp_path):
     assert b.stop() == 0
 
 
+def test_restart_replays_tool_calls_from_the_disk_map(make_server, tmp_path):
+    # SERVING.md 3.8: the shutdown checkpoint carries the call id -> sampled DSML map, so a
+    # fresh server renders the client's re-serialized call as the sampled bytes and reuses
+    # the whole checkpoint (a canonical rendering would follow the client's key order).
+    import json
+
+    from conftest import BASH_TOOL
+
+    kv = tmp_path / "kv"
+    flags = ["--kv-disk-dir", str(kv), "--kv-cache-min-tokens", "16", "--kv-cache-boundary-align-tokens", "16"]
+    extra = {"thinking": {"type": "disabled"}}
+    a = make_server("disk-tools-a", flags).start()
+    c = client(a)
+    msgs = [{"role": "system", "content": "You are a careful assistant. " * 8},
+            {"role": "user", "content": "SCRIPT:tool-plain from disk"}]
+    r1 = c.chat.completions.create(model="deepseek-v4-flash", messages=msgs, tools=[BASH_TOOL], extra_body=extra)
+    call = r1.choices[0].message.tool_calls[0]
+    assert a.stop() == 0
+
+    b = make_server("disk-tools-b", flags).start()
+    c = client(b)
+    args = json.loads(call.function.arguments)
+    assert list(args) == ["command", "timeout"]
+    reserialized = json.dumps(dict(reversed(list(args.items()))), indent=1)
+    msgs = msgs + [
+        {"role": "assistant", "content": r1.choices[0].message.content,
+         "tool_calls": [{"id": call.id, "type": "function",
+                         "function": {"name": call.function.name, "arguments": reserialized}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "x y z SCRIPT:hello"},
+    ]
+    r2 = c.chat.completions.create(model="deepseek-v4-flash", messages=msgs, tools=[BASH_TOOL], extra_body=extra)
+    assert r2.choices[0].message.content == "Hello there, friend."
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert cached == r1.usage.prompt_tokens + r1.usage.completion_tokens, (cached, r1.usage, r2.usage)
+    assert b.stats()["last"]["source"] == "disk-text"
+    assert b.stop() == 0
+
+
 def test_tool_turn_without_echoed_reasoning_reuses_the_kv(server, oai):
     from conftest import BASH_TOOL
 
