@@ -27,6 +27,9 @@ pub use policy::CachePolicy;
 use format::{parse_file, sha1_hex, sha_of_name, FIXED_BYTES, HEADER_BYTES};
 use policy::{budget_required, eviction_score, EvictionInput};
 
+/// Largest tool-id map section [`KvStore::tool_mappings`] reads.
+const MAX_TOOL_MAP_READ: u64 = 600 << 20;
+
 /// Name of the folder bad files are moved to.
 pub const QUARANTINE_DIR: &str = "quarantine";
 
@@ -223,6 +226,11 @@ impl KvStore {
         let start = format::required_bytes(e.text_bytes, e.header.payload_bytes)
             .filter(|&s| s < e.file_size)
             .ok_or_else(|| fmt(FormatError::ToolMap("no map section".into())))?;
+        // The replay memory keeps at most 512 MiB of blocks; a larger map
+        // section is not worth reading on a request path.
+        if e.file_size - start > MAX_TOOL_MAP_READ {
+            return Err(fmt(FormatError::ToolMap("map section too large".into())));
+        }
         let mut f = File::open(path).map_err(io_err(path))?;
         f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
         let mut trailer = Vec::new();
