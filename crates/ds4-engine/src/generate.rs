@@ -54,6 +54,11 @@ pub trait TokenSink {
     }
     /// Sees every chosen token (stop tokens included) before it is evaluated.
     fn accept(&mut self, token: u32, logits: &[f32]) -> Step;
+    /// Whether the session may be checkpointed at this point of the output
+    /// (SERVING.md §6.4: not inside a tool-call block); default yes.
+    fn checkpoint_ok(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +76,25 @@ pub fn generate<B: Backend>(
     opts: &GenerateOptions,
     cancel: Option<&AtomicBool>,
     sink: &mut dyn TokenSink,
+) -> Result<Generated> {
+    generate_with(engine, session, sampler, opts, cancel, sink, &mut |_, _| {
+        Ok(())
+    })
+}
+
+/// Called after every evaluated token with the session and the sink.
+pub type AfterEval<'a, B> = dyn FnMut(&Session<B>, &dyn TokenSink) -> Result<()> + 'a;
+
+/// [`generate`], calling `after_eval(session, sink)` after every evaluated
+/// token (the pool's continued checkpoints).
+pub fn generate_with<B: Backend>(
+    engine: &Engine<B>,
+    session: &mut Session<B>,
+    sampler: &mut Sampler,
+    opts: &GenerateOptions,
+    cancel: Option<&AtomicBool>,
+    sink: &mut dyn TokenSink,
+    after_eval: &mut AfterEval<'_, B>,
 ) -> Result<Generated> {
     let ctx = engine.options().ctx;
     let mut tokens = Vec::new();
@@ -99,6 +123,7 @@ pub fn generate<B: Backend>(
         }
         engine.eval(session, &[token])?;
         tokens.push(token);
+        after_eval(session, sink)?;
     };
     Ok(Generated { tokens, finish })
 }

@@ -15,7 +15,9 @@ pub mod session;
 pub mod vocab;
 
 pub use error::{EngineError, Result};
-pub use generate::{generate, Finish, FnSink, GenerateOptions, Generated, Step, TokenSink};
+pub use generate::{
+    generate, generate_with, Finish, FnSink, GenerateOptions, Generated, Step, TokenSink,
+};
 pub use kvstore::inspect::{inspect_file, inspect_file_with, list_dir, Listing, Report};
 pub use kvstore::{CachePolicy, KvStore, KvStoreOptions, SaveReason};
 pub use pool::{DiskCache, PoolOptions, PrepareReport, SessionId, SessionPool, ToolMapOf};

@@ -15,8 +15,12 @@
 //! (text hash, then token check), loads it, and evaluates the rest with the
 //! cold and continued saves of SERVING.md §6.4.
 
+use std::sync::atomic::AtomicBool;
+
 use crate::error::{EngineError, Result};
+use crate::generate::{generate_with, GenerateOptions, Generated, TokenSink};
 use crate::kvstore::{KvStore, SaveReason, StoreOutcome, StoreRequest, ToolMapping};
+use crate::sampling::Sampler;
 use crate::session::{Control, Engine, Session, SyncReport};
 use ds4_model::backend::Backend;
 
@@ -134,35 +138,7 @@ impl<B: Backend> SessionPool<B> {
         len: usize,
         reason: SaveReason,
     ) -> Result<bool> {
-        let Some(disk) = &self.disk else {
-            return Ok(false);
-        };
-        if len == 0 || len < disk.store.policy().min_tokens || s.len() != len {
-            return Ok(false);
-        }
-        let payload = engine.export_payload(s)?;
-        let text = (disk.text_of)(&s.tokens()[..len]);
-        let tool_map = disk
-            .tool_map_of
-            .as_ref()
-            .map_or_else(Vec::new, |f| f(&text));
-        let req = StoreRequest {
-            text: &text,
-            payload: &payload,
-            tokens: len as u32,
-            ctx: engine.options().ctx as u32,
-            quant_bits: engine.quant_bits(),
-            reason,
-            key_flags: 0,
-            tool_map: &tool_map,
-            protect: &[],
-        };
-        // A failed write (full disk, I/O error) is logged by the store and
-        // costs only the checkpoint: the live session is unaffected.
-        Ok(matches!(
-            disk.store.store(&req),
-            Ok(StoreOutcome::Written { .. } | StoreOutcome::Kept { .. })
-        ))
+        save_to(self.disk.as_ref(), engine, s, len, reason)
     }
 
     /// Picks (or makes) the session for `prompt` and syncs it, with disk
@@ -342,6 +318,50 @@ impl<B: Backend> SessionPool<B> {
         Ok(logits)
     }
 
+    /// Generates in a session ([`generate_with`]), writing a continued
+    /// checkpoint whenever the live length reaches a continued frontier and
+    /// the sink allows one (SERVING.md §6.4: after each decoded token, not
+    /// inside a tool-call block).
+    pub fn generate(
+        &mut self,
+        engine: &Engine<B>,
+        id: SessionId,
+        sampler: &mut Sampler,
+        opts: &GenerateOptions,
+        cancel: Option<&AtomicBool>,
+        sink: &mut dyn TokenSink,
+    ) -> Result<Generated> {
+        self.tick += 1;
+        let tick = self.tick;
+        let disk = self.disk.as_ref();
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(EngineError::UnknownSession(id.0))?;
+        slot.last_used = tick;
+        let mut last = slot.last_store;
+        let generated = generate_with(
+            engine,
+            &mut slot.session,
+            sampler,
+            opts,
+            cancel,
+            sink,
+            &mut |s, sink| {
+                let len = s.len();
+                let due = disk.is_some_and(|d| d.store.policy().is_continued_target(len, last));
+                if due && sink.checkpoint_ok() {
+                    save_to(disk, engine, s, len, SaveReason::Continued)?;
+                    last = len;
+                }
+                Ok(())
+            },
+        );
+        slot.last_store = last;
+        generated
+    }
+
     /// Runs `f` on a session (sampling, snapshots) and marks it used.
     pub fn with_session<R>(
         &mut self,
@@ -422,4 +442,43 @@ impl<B: Backend> SessionPool<B> {
         }
         Ok(n)
     }
+}
+
+/// Saves a session's state up to `len` to `disk` (if on and long enough).
+fn save_to<B: Backend>(
+    disk: Option<&DiskCache>,
+    engine: &Engine<B>,
+    s: &Session<B>,
+    len: usize,
+    reason: SaveReason,
+) -> Result<bool> {
+    let Some(disk) = disk else {
+        return Ok(false);
+    };
+    if len == 0 || len < disk.store.policy().min_tokens || s.len() != len {
+        return Ok(false);
+    }
+    let payload = engine.export_payload(s)?;
+    let text = (disk.text_of)(&s.tokens()[..len]);
+    let tool_map = disk
+        .tool_map_of
+        .as_ref()
+        .map_or_else(Vec::new, |f| f(&text));
+    let req = StoreRequest {
+        text: &text,
+        payload: &payload,
+        tokens: len as u32,
+        ctx: engine.options().ctx as u32,
+        quant_bits: engine.quant_bits(),
+        reason,
+        key_flags: 0,
+        tool_map: &tool_map,
+        protect: &[],
+    };
+    // A failed write (full disk, I/O error) is logged by the store and
+    // costs only the checkpoint: the live session is unaffected.
+    Ok(matches!(
+        disk.store.store(&req),
+        Ok(StoreOutcome::Written { .. } | StoreOutcome::Kept { .. })
+    ))
 }

@@ -438,3 +438,79 @@ fn checkpoints_carry_the_tool_map_and_a_reader_finds_ids() {
         .unwrap();
     assert_eq!(reader.load(&entry).unwrap().tool_map, all);
 }
+
+/// A sink that accepts every token and says whether a checkpoint may be
+/// taken (a server sink says no inside a tool-call block).
+struct Sink {
+    checkpoint_ok: bool,
+}
+
+impl ds4_engine::TokenSink for Sink {
+    fn choose(&mut self, _: &mut ds4_engine::Sampler, logits: &[f32]) -> Option<u32> {
+        // Greedy, and never token 0 (tiny_a's vocabulary has no stop here).
+        logits
+            .iter()
+            .enumerate()
+            .skip(1)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+    }
+    fn accept(&mut self, _: u32, _: &[f32]) -> ds4_engine::Step {
+        ds4_engine::Step::Continue
+    }
+    fn checkpoint_ok(&self) -> bool {
+        self.checkpoint_ok
+    }
+}
+
+/// SERVING.md §6.4: continued checkpoints are also written while decoding,
+/// at the frontier (here every 8 tokens), unless the sink is inside a
+/// tool-call block.
+#[test]
+fn continued_checkpoints_are_written_during_generation() {
+    let e = engine(Numerics::Exact);
+    for ok in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = disk(dir.path());
+        cache.store = KvStore::open(
+            dir.path(),
+            KvStoreOptions {
+                policy: CachePolicy {
+                    continued_interval_tokens: 8,
+                    cold_max_tokens: 0,
+                    ..policy()
+                },
+                ..KvStoreOptions::default()
+            },
+        )
+        .unwrap();
+        let mut pool = SessionPool::new(PoolOptions::default(), Some(cache));
+        let prompt = tokens(81, 10);
+        let (id, _) = pool.prepare(&e, &prompt, Control::default()).unwrap();
+        let mut sampler = ds4_engine::Sampler::new(Default::default());
+        let opts = ds4_engine::GenerateOptions {
+            max_tokens: 12,
+            stop_tokens: Vec::new(),
+        };
+        let mut sink = Sink { checkpoint_ok: ok };
+        let g = pool
+            .generate(&e, id, &mut sampler, &opts, None, &mut sink)
+            .unwrap();
+        assert_eq!(g.tokens.len(), 12);
+        let mut continued: Vec<u32> = kv_files(dir.path())
+            .into_iter()
+            .filter_map(|p| {
+                let r = ds4_engine::inspect_file_with(&p, Some((e.config(), 96)));
+                assert!(r.valid(), "{:?}", r.problems);
+                r.header
+                    .filter(|h| h.reason == SaveReason::Continued)
+                    .map(|h| h.tokens)
+            })
+            .collect();
+        continued.sort_unstable();
+        // The prefill of 10 tokens passes the frontier 8; decoding (live
+        // lengths 11..=22) passes 16.
+        let want: Vec<u32> = if ok { vec![8, 16] } else { vec![8] };
+        assert_eq!(continued, want, "checkpoint_ok = {ok}");
+    }
+}

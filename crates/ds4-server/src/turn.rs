@@ -290,6 +290,11 @@ impl TokenSink for TurnSink<'_> {
         sampler.sample(logits)
     }
 
+    /// No continued checkpoint inside a tool-call block (SERVING.md §6.4).
+    fn checkpoint_ok(&self) -> bool {
+        !self.tracker.as_ref().is_some_and(DsmlTracker::in_block)
+    }
+
     fn accept(&mut self, token: u32, _logits: &[f32]) -> Step {
         if self.stop_next {
             return Step::Stop;

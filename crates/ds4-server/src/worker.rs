@@ -18,8 +18,7 @@ use std::time::Instant;
 use ds4_engine::kvstore::format::HEADER_BYTES;
 use ds4_engine::kvstore::Entry;
 use ds4_engine::{
-    generate, Control, Engine, EngineError, GenerateOptions, Progress, Sampler, SessionId,
-    SessionPool,
+    Control, Engine, EngineError, GenerateOptions, Progress, Sampler, SessionId, SessionPool,
 };
 use ds4_model::backend::Backend;
 use ds4_text::chat::RenderedPrompt;
@@ -350,19 +349,15 @@ impl<B: Backend> Worker<B> {
             max_tokens,
             stop_tokens: vec![eos],
         };
-        let generated = self
-            .pool
-            .with_session(sid, |s| {
-                generate(
-                    engine,
-                    s,
-                    &mut sampler,
-                    &opts,
-                    Some(job.cancel.flag()),
-                    &mut sink,
-                )
-            })
-            .and_then(|r| r);
+        // Continued checkpoints are written during generation too (§6.4).
+        let generated = self.pool.generate(
+            engine,
+            sid,
+            &mut sampler,
+            &opts,
+            Some(job.cancel.flag()),
+            &mut sink,
+        );
         let cancel_latency = job.cancel.raised_at().map(|t| t.elapsed());
         usage.completion = generated.as_ref().map_or(0, |g| g.tokens.len());
         let gone = matches!(sink.reason, Some(SinkStop::ClientGone | SinkStop::Shutdown))
