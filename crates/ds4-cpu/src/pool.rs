@@ -36,6 +36,8 @@ where
         .filter(|(a, b)| a < b)
         .collect();
     let slots: Vec<Mutex<Option<T>>> = bounds.iter().map(|_| Mutex::new(None)).collect();
+    let pool = pool();
+    pool.ensure_workers(threads - 1);
     let task = |i: usize| {
         let (a, b) = bounds[i];
         let r = f(a, b);
@@ -43,7 +45,7 @@ where
             *s = Some(r);
         }
     };
-    if !pool().run(bounds.len(), &task) {
+    if !pool.run(bounds.len(), &task) {
         scoped(bounds.len(), &task);
     }
     bounds
@@ -89,7 +91,10 @@ struct Pool {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     sleepers: Mutex<usize>,
     wake: Condvar,
-    workers: usize,
+    /// Worker threads started: the most any caller asked for (its
+    /// `threads` − 1), so a `-t N` run never has more than N threads busy.
+    workers: AtomicUsize,
+    spawning: Mutex<()>,
 }
 
 /// A task with its lifetime erased (see the SAFETY note in `run`).
@@ -114,8 +119,7 @@ fn unpack(s: u64) -> (u64, u64, u64) {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-        let pool: &'static Pool = Box::leak(Box::new(Pool {
+        Box::leak(Box::new(Pool {
             state: AtomicU64::new(0),
             job: Mutex::new(None),
             done: AtomicUsize::new(0),
@@ -123,24 +127,40 @@ fn pool() -> &'static Pool {
             panic: Mutex::new(None),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
-            workers,
-        }));
-        for i in 0..workers {
-            // A pool without workers still runs every job on the caller.
-            let _ = std::thread::Builder::new()
-                .name(format!("ds4-cpu-{i}"))
-                .spawn(move || pool.work());
-        }
-        pool
+            workers: AtomicUsize::new(0),
+            spawning: Mutex::new(()),
+        }))
     })
 }
 
 impl Pool {
+    /// Starts workers until there are `n` (capped at what a job can use).
+    fn ensure_workers(&'static self, n: usize) {
+        let n = n.min(PART_MASK as usize - 1);
+        if self.workers.load(Ordering::Acquire) >= n {
+            return;
+        }
+        let Ok(_guard) = self.spawning.lock() else {
+            return;
+        };
+        while self.workers.load(Ordering::Acquire) < n {
+            let i = self.workers.load(Ordering::Acquire);
+            let started = std::thread::Builder::new()
+                .name(format!("ds4-cpu-{i}"))
+                .spawn(move || self.work());
+            if started.is_err() {
+                // Fewer workers: the caller runs the parts nobody takes.
+                return;
+            }
+            self.workers.fetch_add(1, Ordering::Release);
+        }
+    }
+
     /// Runs `task(0..parts)` on the workers and the calling thread, and
     /// returns once all parts have finished; `false` (nothing run) when the
     /// pool is busy or cannot take the job.
     fn run(&self, parts: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
-        if self.workers == 0 || parts as u64 > PART_MASK {
+        if self.workers.load(Ordering::Acquire) == 0 || parts as u64 > PART_MASK {
             return false;
         }
         if self
