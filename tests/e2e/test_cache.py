@@ -73,6 +73,29 @@ def test_restart_resumes_from_disk(make_server, tmp_path):
     assert b.stop() == 0
 
 
+def test_restart_resumes_hidden_reasoning_from_disk(make_server, tmp_path):
+    # SERVING.md 6.4: the shutdown checkpoint of a thinking turn is keyed by the visible
+    # transcript (what the next request renders, without the reasoning) and holds the live
+    # KV with the reasoning, so after a restart the whole turn is reused.
+    kv = tmp_path / "kv"
+    flags = ["--kv-disk-dir", str(kv), "--kv-cache-min-tokens", "16", "--kv-cache-boundary-align-tokens", "16"]
+    msgs = [{"role": "system", "content": "You are a careful assistant. " * 8},
+            {"role": "user", "content": "SCRIPT:think about it after a restart"}]
+    a = make_server("disk-think-a", flags).start()
+    r1 = client(a).chat.completions.create(model="deepseek-v4-flash", messages=msgs)
+    assert r1.choices[0].message.model_extra["reasoning_content"] == "I should greet the user."
+    assert a.stop() == 0
+
+    b = make_server("disk-think-b", flags).start()
+    msgs = msgs + [{"role": "assistant", "content": r1.choices[0].message.content},
+                   {"role": "user", "content": "SCRIPT:hello and one more thing"}]
+    r2 = client(b).chat.completions.create(model="deepseek-v4-flash", messages=msgs, max_tokens=8)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert cached == r1.usage.prompt_tokens + r1.usage.completion_tokens, (cached, r1.usage, r2.usage)
+    assert b.stats()["last"]["source"] == "disk-text"
+    assert b.stop() == 0
+
+
 def test_restart_replays_tool_calls_from_the_disk_map(make_server, tmp_path):
     # SERVING.md 3.8: the shutdown checkpoint carries the call id -> sampled DSML map, so a
     # fresh server renders the client's re-serialized call as the sampled bytes and reuses

@@ -20,7 +20,9 @@ pub use generate::{
 };
 pub use kvstore::inspect::{inspect_file, inspect_file_with, list_dir, Listing, Report};
 pub use kvstore::{CachePolicy, KvStore, KvStoreOptions, SaveReason};
-pub use pool::{DiskCache, PoolOptions, PrepareReport, SessionId, SessionPool, ToolMapOf};
+pub use pool::{
+    DiskCache, PoolOptions, PrepareReport, SessionId, SessionPool, ToolMapOf, VisibleKey,
+};
 pub use sampling::{argmax, logprob, top_logprobs, Sampler, SamplingParams, TokenLogprob};
 pub use session::{Control, Engine, EngineOptions, Progress, Session, Snapshot, SyncReport};
 pub use vocab::tokenizer_from_gguf;

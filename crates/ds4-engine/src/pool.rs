@@ -66,6 +66,24 @@ struct Slot<B: Backend> {
     last_used: u64,
     /// Length of the last cold/continued store of this session.
     last_store: usize,
+    /// The caller's visible transcript for the session as it is now (see
+    /// [`SessionPool::set_visible_key`]); cleared whenever the pool changes
+    /// the session.
+    key: Option<VisibleKey>,
+}
+
+/// What the next request will render for a session whose KV also holds text
+/// the client never sees again (hidden reasoning): evict and shutdown
+/// checkpoints are keyed by it (SERVING.md §6.4, flags bit 1 / bit 2), so a
+/// later prompt that starts with it finds the checkpoint, and loading it
+/// resumes the whole live state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VisibleKey {
+    pub text: String,
+    /// `kvstore::format::FLAG_RESPONSES_VISIBLE` or `FLAG_THINKING_VISIBLE`.
+    pub flags: u8,
+    /// The session length the key describes.
+    pub len: usize,
 }
 
 /// Where the tokens of a prepared prompt came from.
@@ -138,7 +156,24 @@ impl<B: Backend> SessionPool<B> {
         len: usize,
         reason: SaveReason,
     ) -> Result<bool> {
-        save_to(self.disk.as_ref(), engine, s, len, reason)
+        save_to(self.disk.as_ref(), engine, s, len, reason, None)
+    }
+
+    /// Saves slot `i` whole for `reason` (evict, shutdown), keyed by its
+    /// visible transcript when that describes the session as it is.
+    fn save_slot(&self, engine: &Engine<B>, i: usize, reason: SaveReason) -> Result<bool> {
+        let slot = &self.slots[i];
+        let len = slot.session.len();
+        let key = slot.key.as_ref().filter(|k| k.len == len);
+        save_to(self.disk.as_ref(), engine, &slot.session, len, reason, key)
+    }
+
+    /// Sets (or clears) the visible transcript of a session at its current
+    /// length; any later change to the session through the pool drops it.
+    pub fn set_visible_key(&mut self, id: SessionId, key: Option<VisibleKey>) -> Result<()> {
+        let slot = self.slot_mut(id)?;
+        slot.key = key.filter(|k| k.len == slot.session.len() && !k.text.is_empty());
+        Ok(())
     }
 
     /// Picks (or makes) the session for `prompt` and syncs it, with disk
@@ -147,6 +182,20 @@ impl<B: Backend> SessionPool<B> {
         &mut self,
         engine: &Engine<B>,
         prompt: &[u32],
+        ctl: Control<'_>,
+    ) -> Result<(SessionId, PrepareReport)> {
+        self.prepare_text(engine, prompt, None, ctl)
+    }
+
+    /// [`SessionPool::prepare`] for a prompt whose text the caller rendered:
+    /// the disk lookup uses `text` instead of the decoded tokens, which also
+    /// finds checkpoints keyed by a visible transcript ([`VisibleKey`]); a
+    /// checkpoint is still used only when its tokens start `prompt`.
+    pub fn prepare_text(
+        &mut self,
+        engine: &Engine<B>,
+        prompt: &[u32],
+        text: Option<&str>,
         mut ctl: Control<'_>,
     ) -> Result<(SessionId, PrepareReport)> {
         self.tick += 1;
@@ -170,8 +219,7 @@ impl<B: Backend> SessionPool<B> {
                     .max_by_key(|&(i, c)| (c, self.slots[i].last_used));
                 match best {
                     Some((i, c)) if c > 0 => {
-                        let s = &self.slots[i].session;
-                        self.save(engine, s, s.len(), SaveReason::Evict)?;
+                        self.save_slot(engine, i, SaveReason::Evict)?;
                         i
                     }
                     _ => {
@@ -179,8 +227,7 @@ impl<B: Backend> SessionPool<B> {
                         if self.slots.is_empty() {
                             self.push_new(engine)?
                         } else {
-                            let s = &self.slots[i].session;
-                            self.save(engine, s, s.len(), SaveReason::Evict)?;
+                            self.save_slot(engine, i, SaveReason::Evict)?;
                             report.evicted_sessions += 1;
                             engine.reset(&mut self.slots[i].session)?;
                             // Another conversation now: a new id, so a
@@ -195,11 +242,13 @@ impl<B: Backend> SessionPool<B> {
             }
         };
         self.slots[idx].last_used = self.tick;
+        // The session is about to change: its visible key no longer holds.
+        self.slots[idx].key = None;
         let id = self.slots[idx].id;
         let live_common = common_prefix(self.slots[idx].session.tokens(), prompt);
         let cold = live_common == 0;
         if live_common < prompt.len() {
-            report.disk_tokens = self.try_disk(engine, idx, prompt, live_common)?;
+            report.disk_tokens = self.try_disk(engine, idx, prompt, text, live_common)?;
         }
         // Cold save boundary (no reuse at all), then continued frontiers.
         let mut stops: Vec<(usize, SaveReason)> = Vec::new();
@@ -251,47 +300,58 @@ impl<B: Backend> SessionPool<B> {
         engine: &Engine<B>,
         idx: usize,
         prompt: &[u32],
+        text: Option<&str>,
         live: usize,
     ) -> Result<usize> {
         let Some(disk) = &self.disk else {
             return Ok(0);
         };
-        let text = (disk.text_of)(prompt);
-        let Some(entry) =
-            disk.store
-                .lookup(&text, engine.options().ctx as u32, engine.quant_bits())
-        else {
-            return Ok(0);
+        // The caller's rendered text first (it also matches checkpoints keyed
+        // by a visible transcript), then the decoded tokens.
+        let decoded = (disk.text_of)(prompt);
+        let texts: Vec<&str> = match text {
+            Some(t) if t != decoded => vec![t, &decoded],
+            _ => vec![&decoded],
         };
-        let n = entry.header.tokens as usize;
-        if n <= live || n > prompt.len() {
-            return Ok(0);
+        for text in texts {
+            let Some(entry) =
+                disk.store
+                    .lookup(text, engine.options().ctx as u32, engine.quant_bits())
+            else {
+                continue;
+            };
+            let n = entry.header.tokens as usize;
+            if n <= live || n > prompt.len() {
+                continue;
+            }
+            let Ok(loaded) = disk.store.load(&entry) else {
+                continue;
+            };
+            let session = &mut self.slots[idx].session;
+            if let Err(e) = engine.import_payload(session, &loaded.payload) {
+                // A payload that fails validation is damaged or foreign: it
+                // is moved aside and the session is rebuilt from the prompt.
+                disk.store.quarantine(&entry.path, &e.to_string());
+                continue;
+            }
+            if session.len() != n || !prompt.starts_with(session.tokens()) {
+                // Same text, other tokens (a different tokenization, or a
+                // visible key whose hidden part this prompt does not have):
+                // unusable at the token level; the file itself is fine.
+                engine.reset(session)?;
+                continue;
+            }
+            let policy = disk.store.policy();
+            if n > policy.cold_max_tokens && policy.cold_max_tokens > 0 {
+                // ds4 "consume": the live session will be saved again later.
+                let _ = disk.store.remove(&entry);
+            } else {
+                let _ = disk.store.touch(&entry);
+            }
+            self.slots[idx].last_store = self.slots[idx].last_store.max(n);
+            return Ok(n);
         }
-        let Ok(loaded) = disk.store.load(&entry) else {
-            return Ok(0);
-        };
-        let session = &mut self.slots[idx].session;
-        if let Err(e) = engine.import_payload(session, &loaded.payload) {
-            // A payload that fails validation is damaged or foreign: it is
-            // moved aside and the session is rebuilt from the prompt.
-            disk.store.quarantine(&entry.path, &e.to_string());
-            return Ok(0);
-        }
-        if session.len() != n || !prompt.starts_with(session.tokens()) {
-            // Same text, other tokens (a different tokenization): unusable
-            // at the token level; the file itself is fine.
-            engine.reset(session)?;
-            return Ok(0);
-        }
-        let policy = disk.store.policy();
-        if n > policy.cold_max_tokens && policy.cold_max_tokens > 0 {
-            // ds4 "consume": the live session will be saved again later.
-            let _ = disk.store.remove(&entry);
-        } else {
-            let _ = disk.store.touch(&entry);
-        }
-        self.slots[idx].last_store = self.slots[idx].last_store.max(n);
-        Ok(n)
+        Ok(0)
     }
 
     /// Evaluates generated tokens in a session, with continued saves.
@@ -300,6 +360,7 @@ impl<B: Backend> SessionPool<B> {
         let tick = self.tick;
         let slot = self.slot_mut(id)?;
         slot.last_used = tick;
+        slot.key = None;
         let logits = engine.eval(&mut slot.session, tokens)?.to_vec();
         let (len, last) = (slot.session.len(), slot.last_store);
         let is_target = self
@@ -340,6 +401,7 @@ impl<B: Backend> SessionPool<B> {
             .find(|s| s.id == id)
             .ok_or(EngineError::UnknownSession(id.0))?;
         slot.last_used = tick;
+        slot.key = None;
         let mut last = slot.last_store;
         let generated = generate_with(
             engine,
@@ -352,7 +414,7 @@ impl<B: Backend> SessionPool<B> {
                 let len = s.len();
                 let due = disk.is_some_and(|d| d.store.policy().is_continued_target(len, last));
                 if due && sink.checkpoint_ok() {
-                    save_to(disk, engine, s, len, SaveReason::Continued)?;
+                    save_to(disk, engine, s, len, SaveReason::Continued, None)?;
                     last = len;
                 }
                 Ok(())
@@ -372,14 +434,16 @@ impl<B: Backend> SessionPool<B> {
         let tick = self.tick;
         let slot = self.slot_mut(id)?;
         slot.last_used = tick;
+        // `f` may change the session.
+        slot.key = None;
         Ok(f(&mut slot.session))
     }
 
     /// Clean exit: saves every live session (`shutdown`).
     pub fn shutdown(&mut self, engine: &Engine<B>) -> Result<usize> {
         let mut n = 0;
-        for s in &self.slots {
-            if self.save(engine, &s.session, s.session.len(), SaveReason::Shutdown)? {
+        for i in 0..self.slots.len() {
+            if self.save_slot(engine, i, SaveReason::Shutdown)? {
                 n += 1;
             }
         }
@@ -407,6 +471,7 @@ impl<B: Backend> SessionPool<B> {
             session,
             last_used: self.tick,
             last_store: 0,
+            key: None,
         });
         self.next_id += 1;
         Ok(self.slots.len() - 1)
@@ -435,8 +500,7 @@ impl<B: Backend> SessionPool<B> {
             let Some(i) = victim else {
                 break;
             };
-            let s = &self.slots[i].session;
-            self.save(engine, s, s.len(), SaveReason::Evict)?;
+            self.save_slot(engine, i, SaveReason::Evict)?;
             self.slots.remove(i);
             n += 1;
         }
@@ -451,6 +515,7 @@ fn save_to<B: Backend>(
     s: &Session<B>,
     len: usize,
     reason: SaveReason,
+    key: Option<&VisibleKey>,
 ) -> Result<bool> {
     let Some(disk) = disk else {
         return Ok(false);
@@ -459,7 +524,10 @@ fn save_to<B: Backend>(
         return Ok(false);
     }
     let payload = engine.export_payload(s)?;
-    let text = (disk.text_of)(&s.tokens()[..len]);
+    let text = match key {
+        Some(k) => k.text.clone(),
+        None => (disk.text_of)(&s.tokens()[..len]),
+    };
     let tool_map = disk
         .tool_map_of
         .as_ref()
@@ -471,7 +539,7 @@ fn save_to<B: Backend>(
         ctx: engine.options().ctx as u32,
         quant_bits: engine.quant_bits(),
         reason,
-        key_flags: 0,
+        key_flags: key.map_or(0, |k| k.flags),
         tool_map: &tool_map,
         protect: &[],
     };

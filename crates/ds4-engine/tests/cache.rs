@@ -514,3 +514,67 @@ fn continued_checkpoints_are_written_during_generation() {
         assert_eq!(continued, want, "checkpoint_ok = {ok}");
     }
 }
+
+/// SERVING.md §6.4: evict and shutdown checkpoints are keyed by the caller's
+/// visible transcript when it describes the session as it is (flag bit 2
+/// here), so a prompt that starts with that text finds the whole live state;
+/// any later change to the session drops the key.
+#[test]
+fn shutdown_checkpoints_use_the_visible_key_while_it_holds() {
+    use ds4_engine::kvstore::format::FLAG_THINKING_VISIBLE;
+    use ds4_engine::VisibleKey;
+    let e = engine(Numerics::Exact);
+    for keep in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = SessionPool::new(PoolOptions::default(), Some(disk(dir.path())));
+        let prompt = tokens(91, 20);
+        let (id, _) = pool.prepare(&e, &prompt, Control::default()).unwrap();
+        pool.eval(&e, id, &tokens(92, 3)).unwrap();
+        let live = pool.session(id).unwrap().tokens().to_vec();
+        let visible = "<visible transcript without the hidden part>".to_string();
+        pool.set_visible_key(
+            id,
+            Some(VisibleKey {
+                text: visible.clone(),
+                flags: FLAG_THINKING_VISIBLE,
+                len: live.len(),
+            }),
+        )
+        .unwrap();
+        if !keep {
+            pool.eval(&e, id, &tokens(93, 1)).unwrap();
+        }
+        assert_eq!(pool.shutdown(&e).unwrap(), 1);
+        let store = KvStore::reader(
+            dir.path(),
+            KvStoreOptions {
+                policy: policy(),
+                ..KvStoreOptions::default()
+            },
+        );
+        let shutdown: Vec<_> = store
+            .scan()
+            .into_iter()
+            .filter(|en| en.header.reason == SaveReason::Shutdown)
+            .collect();
+        assert_eq!(shutdown.len(), 1);
+        let loaded = store.load(&shutdown[0]).unwrap();
+        let flagged = shutdown[0].header.flags & FLAG_THINKING_VISIBLE != 0;
+        if keep {
+            assert!(flagged);
+            assert_eq!(loaded.text, visible);
+            let next_prompt = format!("{visible}<next user turn>");
+            let hit = store.lookup(&next_prompt, 96, e.quant_bits()).unwrap();
+            assert_eq!(hit.sha, shutdown[0].sha);
+            // The payload is the live state, hidden part included.
+            let mut s = e.new_session().unwrap();
+            e.import_payload(&mut s, &loaded.payload).unwrap();
+            assert_eq!(s.tokens(), &live[..]);
+        } else {
+            assert!(!flagged, "a changed session is keyed by its token text");
+            let mut after = live.clone();
+            after.extend(tokens(93, 1));
+            assert_eq!(loaded.text, text_of(&after));
+        }
+    }
+}

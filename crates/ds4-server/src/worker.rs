@@ -15,10 +15,11 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ds4_engine::kvstore::format::HEADER_BYTES;
+use ds4_engine::kvstore::format::{FLAG_THINKING_VISIBLE, HEADER_BYTES};
 use ds4_engine::kvstore::Entry;
 use ds4_engine::{
     Control, Engine, EngineError, GenerateOptions, Progress, Sampler, SessionId, SessionPool,
+    VisibleKey,
 };
 use ds4_model::backend::Backend;
 use ds4_text::chat::RenderedPrompt;
@@ -263,9 +264,11 @@ impl<B: Backend> Worker<B> {
                 cancel.raise();
             }
         };
-        let prepared = self.pool.prepare(
+        // The rendered text finds checkpoints keyed by a visible transcript.
+        let prepared = self.pool.prepare_text(
             &self.engine,
             &plan.tokens,
+            Some(job.prompt.text()),
             Control {
                 progress: Some(&mut progress),
                 cancel: Some(job.cancel.flag()),
@@ -446,6 +449,15 @@ impl<B: Backend> Worker<B> {
         } else {
             None
         };
+        // Evict / shutdown checkpoints of this session are keyed by what
+        // the next request renders (§6.4), so a restart resumes the hidden
+        // reasoning too.
+        let key = binding.as_ref().map(|(visible, _)| VisibleKey {
+            text: visible.clone(),
+            flags: FLAG_THINKING_VISIBLE,
+            len: frontier,
+        });
+        let _ = self.pool.set_visible_key(sid, key);
         if let Some((visible, source)) = binding {
             self.bindings.push(Binding {
                 session: sid,
