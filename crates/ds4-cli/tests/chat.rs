@@ -167,21 +167,24 @@ fn dump_tokens_prints_the_rendered_prompt() {
 #[test]
 fn dump_logprobs_writes_greedy_steps() {
     let dir = TempDir::new("logprobs");
+    let dump = |file: &std::path::Path| {
+        ds4(&[
+            "-m",
+            tiny(),
+            "-t",
+            "2",
+            "-p",
+            "hello",
+            "-n",
+            "6",
+            "--dump-logprobs",
+            file.to_str().unwrap(),
+            "--logprobs-top-k",
+            "5",
+        ])
+    };
     let file = dir.path("lp.json");
-    let o = ds4(&[
-        "-m",
-        tiny(),
-        "-t",
-        "2",
-        "-p",
-        "hello",
-        "-n",
-        "6",
-        "--dump-logprobs",
-        file.to_str().unwrap(),
-        "--logprobs-top-k",
-        "5",
-    ]);
+    let o = dump(&file);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "no text is printed");
     let text = std::fs::read_to_string(&file).unwrap();
@@ -225,20 +228,7 @@ fn dump_logprobs_writes_greedy_steps() {
     }
     // The same dump again is identical (greedy).
     let file2 = dir.path("lp2.json");
-    let o = ds4(&[
-        "-m",
-        tiny(),
-        "-t",
-        "2",
-        "-p",
-        "hello",
-        "-n",
-        "6",
-        "--dump-logprobs",
-        file2.to_str().unwrap(),
-        "--logprobs-top-k",
-        "5",
-    ]);
+    let o = dump(&file2);
     assert!(o.status.success());
     assert_eq!(text, std::fs::read_to_string(&file2).unwrap());
 }
