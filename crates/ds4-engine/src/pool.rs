@@ -134,10 +134,18 @@ impl<B: Backend> SessionPool<B> {
     }
 
     fn slot_mut(&mut self, id: SessionId) -> Result<&mut Slot<B>> {
-        self.slots
-            .iter_mut()
-            .find(|s| s.id == id)
-            .ok_or(EngineError::UnknownSession(id.0))
+        find_slot(&mut self.slots, id)
+    }
+
+    /// A session the caller is about to change: marked used, its visible key
+    /// dropped; with the disk side (a separate borrow) for continued saves.
+    fn slot_for_change(&mut self, id: SessionId) -> Result<(Option<&DiskCache>, &mut Slot<B>)> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = find_slot(&mut self.slots, id)?;
+        slot.last_used = tick;
+        slot.key = None;
+        Ok((self.disk.as_ref(), slot))
     }
 
     /// Bytes all live sessions hold.
@@ -303,79 +311,83 @@ impl<B: Backend> SessionPool<B> {
         text: Option<&str>,
         live: usize,
     ) -> Result<usize> {
+        // The caller's rendered text first (it also matches checkpoints keyed
+        // by a visible transcript); the decoded tokens only if that finds
+        // nothing usable.
+        if let Some(t) = text {
+            if let Some(n) = self.load_checkpoint(engine, idx, prompt, t, live)? {
+                return Ok(n);
+            }
+        }
         let Some(disk) = &self.disk else {
             return Ok(0);
         };
-        // The caller's rendered text first (it also matches checkpoints keyed
-        // by a visible transcript), then the decoded tokens.
         let decoded = (disk.text_of)(prompt);
-        let texts: Vec<&str> = match text {
-            Some(t) if t != decoded => vec![t, &decoded],
-            _ => vec![&decoded],
-        };
-        for text in texts {
-            let Some(entry) =
-                disk.store
-                    .lookup(text, engine.options().ctx as u32, engine.quant_bits())
-            else {
-                continue;
-            };
-            let n = entry.header.tokens as usize;
-            if n <= live || n > prompt.len() {
-                continue;
-            }
-            let Ok(loaded) = disk.store.load(&entry) else {
-                continue;
-            };
-            let session = &mut self.slots[idx].session;
-            if let Err(e) = engine.import_payload(session, &loaded.payload) {
-                // A payload that fails validation is damaged or foreign: it
-                // is moved aside and the session is rebuilt from the prompt.
-                disk.store.quarantine(&entry.path, &e.to_string());
-                continue;
-            }
-            if session.len() != n || !prompt.starts_with(session.tokens()) {
-                // Same text, other tokens (a different tokenization, or a
-                // visible key whose hidden part this prompt does not have):
-                // unusable at the token level; the file itself is fine.
-                engine.reset(session)?;
-                continue;
-            }
-            let policy = disk.store.policy();
-            if n > policy.cold_max_tokens && policy.cold_max_tokens > 0 {
-                // ds4 "consume": the live session will be saved again later.
-                let _ = disk.store.remove(&entry);
-            } else {
-                let _ = disk.store.touch(&entry);
-            }
-            self.slots[idx].last_store = self.slots[idx].last_store.max(n);
-            return Ok(n);
+        if text == Some(decoded.as_str()) {
+            return Ok(0);
         }
-        Ok(0)
+        Ok(self
+            .load_checkpoint(engine, idx, prompt, &decoded, live)?
+            .unwrap_or(0))
+    }
+
+    /// Loads into slot `idx` the longest checkpoint whose text prefixes
+    /// `text`, if it is longer than `live` and its tokens start `prompt`;
+    /// returns its token count.
+    fn load_checkpoint(
+        &mut self,
+        engine: &Engine<B>,
+        idx: usize,
+        prompt: &[u32],
+        text: &str,
+        live: usize,
+    ) -> Result<Option<usize>> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        let Some(entry) = disk
+            .store
+            .lookup(text, engine.options().ctx as u32, engine.quant_bits())
+        else {
+            return Ok(None);
+        };
+        let n = entry.header.tokens as usize;
+        if n <= live || n > prompt.len() {
+            return Ok(None);
+        }
+        let Ok(loaded) = disk.store.load(&entry) else {
+            return Ok(None);
+        };
+        let session = &mut self.slots[idx].session;
+        if let Err(e) = engine.import_payload(session, &loaded.payload) {
+            // A payload that fails validation is damaged or foreign: it is
+            // moved aside and the session is rebuilt from the prompt.
+            disk.store.quarantine(&entry.path, &e.to_string());
+            return Ok(None);
+        }
+        if session.len() != n || !prompt.starts_with(session.tokens()) {
+            // Same text, other tokens (a different tokenization, or a
+            // visible key whose hidden part this prompt does not have):
+            // unusable at the token level; the file itself is fine.
+            engine.reset(session)?;
+            return Ok(None);
+        }
+        let policy = disk.store.policy();
+        if n > policy.cold_max_tokens && policy.cold_max_tokens > 0 {
+            // ds4 "consume": the live session will be saved again later.
+            let _ = disk.store.remove(&entry);
+        } else {
+            let _ = disk.store.touch(&entry);
+        }
+        self.slots[idx].last_store = self.slots[idx].last_store.max(n);
+        Ok(Some(n))
     }
 
     /// Evaluates generated tokens in a session, with continued saves.
     pub fn eval(&mut self, engine: &Engine<B>, id: SessionId, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.tick += 1;
-        let tick = self.tick;
-        let slot = self.slot_mut(id)?;
-        slot.last_used = tick;
-        slot.key = None;
+        let (disk, slot) = self.slot_for_change(id)?;
         let logits = engine.eval(&mut slot.session, tokens)?.to_vec();
-        let (len, last) = (slot.session.len(), slot.last_store);
-        let is_target = self
-            .disk
-            .as_ref()
-            .is_some_and(|d| d.store.policy().is_continued_target(len, last));
-        if is_target {
-            let i = self
-                .slots
-                .iter()
-                .position(|s| s.id == id)
-                .expect("found above");
-            self.save(engine, &self.slots[i].session, len, SaveReason::Continued)?;
-            self.slots[i].last_store = len;
-        }
+        continued_save(disk, engine, &slot.session, &mut slot.last_store)?;
         Ok(logits)
     }
 
@@ -392,16 +404,7 @@ impl<B: Backend> SessionPool<B> {
         cancel: Option<&AtomicBool>,
         sink: &mut dyn TokenSink,
     ) -> Result<Generated> {
-        self.tick += 1;
-        let tick = self.tick;
-        let disk = self.disk.as_ref();
-        let slot = self
-            .slots
-            .iter_mut()
-            .find(|s| s.id == id)
-            .ok_or(EngineError::UnknownSession(id.0))?;
-        slot.last_used = tick;
-        slot.key = None;
+        let (disk, slot) = self.slot_for_change(id)?;
         let mut last = slot.last_store;
         let generated = generate_with(
             engine,
@@ -411,11 +414,8 @@ impl<B: Backend> SessionPool<B> {
             cancel,
             sink,
             &mut |s, sink| {
-                let len = s.len();
-                let due = disk.is_some_and(|d| d.store.policy().is_continued_target(len, last));
-                if due && sink.checkpoint_ok() {
-                    save_to(disk, engine, s, len, SaveReason::Continued, None)?;
-                    last = len;
+                if sink.checkpoint_ok() {
+                    continued_save(disk, engine, s, &mut last)?;
                 }
                 Ok(())
             },
@@ -430,12 +430,8 @@ impl<B: Backend> SessionPool<B> {
         id: SessionId,
         f: impl FnOnce(&mut Session<B>) -> R,
     ) -> Result<R> {
-        self.tick += 1;
-        let tick = self.tick;
-        let slot = self.slot_mut(id)?;
-        slot.last_used = tick;
         // `f` may change the session.
-        slot.key = None;
+        let (_, slot) = self.slot_for_change(id)?;
         Ok(f(&mut slot.session))
     }
 
@@ -506,6 +502,29 @@ impl<B: Backend> SessionPool<B> {
         }
         Ok(n)
     }
+}
+
+fn find_slot<B: Backend>(slots: &mut [Slot<B>], id: SessionId) -> Result<&mut Slot<B>> {
+    slots
+        .iter_mut()
+        .find(|s| s.id == id)
+        .ok_or(EngineError::UnknownSession(id.0))
+}
+
+/// A continued checkpoint of `s` when its length is a continued frontier
+/// beyond `last` (SERVING.md §6.4); `last` then becomes that length.
+fn continued_save<B: Backend>(
+    disk: Option<&DiskCache>,
+    engine: &Engine<B>,
+    s: &Session<B>,
+    last: &mut usize,
+) -> Result<()> {
+    let len = s.len();
+    if disk.is_some_and(|d| d.store.policy().is_continued_target(len, *last)) {
+        save_to(disk, engine, s, len, SaveReason::Continued, None)?;
+        *last = len;
+    }
+    Ok(())
 }
 
 /// Saves a session's state up to `len` to `disk` (if on and long enough).
