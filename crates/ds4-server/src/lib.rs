@@ -46,7 +46,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use ds4_engine::kvstore::{KvStore, KvStoreOptions, ToolMapping};
+use ds4_engine::kvstore::{KvStore, KvStoreOptions};
 use ds4_engine::{tokenizer_from_gguf, DiskCache, Engine, PoolOptions, SessionPool, ToolMapOf};
 use ds4_model::backend::Backend;
 use ds4_text::{SpecialIds, Tokenizer};
@@ -142,19 +142,7 @@ fn disk_cache(
     let t = Arc::clone(tok);
     let mem = Arc::clone(memory);
     let tool_map_of: Option<ToolMapOf> = opts.exact_dsml_replay.then(|| -> ToolMapOf {
-        Box::new(move |text: &str| {
-            mem.lock()
-                .map(|m| {
-                    m.mappings_in(text)
-                        .into_iter()
-                        .map(|(id, block)| ToolMapping {
-                            id,
-                            dsml: block.to_string(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
+        Box::new(move |text: &str| mem.lock().map(|m| m.mappings_in(text)).unwrap_or_default())
     });
     Ok(DiskCache {
         store,

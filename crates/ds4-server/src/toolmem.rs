@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use ds4_engine::kvstore::ToolMapping;
+
 /// Accounted bytes (ids + distinct blocks) kept at most.
 pub const MAX_BYTES: usize = 512 << 20;
 
@@ -93,22 +95,26 @@ impl ToolMemory {
         self.insert(&new, block, true);
     }
 
-    /// Every (id, block) whose block occurs in `text`: what a checkpoint of
-    /// that text should carry. One substring search per distinct block.
-    pub fn mappings_in(&self, text: &str) -> Vec<(String, Arc<str>)> {
+    /// Every id whose block occurs in `text`, with its block: what a
+    /// checkpoint of that text carries. One substring search per distinct
+    /// block.
+    pub fn mappings_in(&self, text: &str) -> Vec<ToolMapping> {
         let present: std::collections::HashSet<&str> = self
             .blocks
             .keys()
             .filter(|b| text.contains(&***b))
             .map(|b| &**b)
             .collect();
-        let mut out: Vec<(String, Arc<str>)> = self
+        let mut out: Vec<ToolMapping> = self
             .ids
             .iter()
             .filter(|(_, e)| present.contains(&*e.block))
-            .map(|(id, e)| (id.clone(), Arc::clone(&e.block)))
+            .map(|(id, e)| ToolMapping {
+                id: id.clone(),
+                dsml: e.block.to_string(),
+            })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
@@ -200,7 +206,7 @@ mod tests {
         let found: Vec<(String, String)> = m
             .mappings_in("text BLOCK1 text")
             .into_iter()
-            .map(|(id, b)| (id, b.to_string()))
+            .map(|t| (t.id, t.dsml))
             .collect();
         assert_eq!(
             found,

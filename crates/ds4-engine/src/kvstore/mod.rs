@@ -176,9 +176,10 @@ impl KvStore {
         Ok(store)
     }
 
-    /// A handle on a cache directory that only reads: no temp-file cleanup
-    /// and no eviction pass, unlike [`KvStore::open`] (for a second thread
-    /// that looks up tool-id maps while the owner writes checkpoints).
+    /// A handle on a cache directory for lookups: no temp-file cleanup and no
+    /// eviction pass, unlike [`KvStore::open`] (for a second thread that
+    /// looks up tool-id maps while the owner writes checkpoints; a damaged
+    /// file it meets is still quarantined, as by any scan).
     pub fn reader(dir: impl AsRef<Path>, opts: KvStoreOptions) -> Self {
         Self {
             dir: dir.as_ref().to_path_buf(),
