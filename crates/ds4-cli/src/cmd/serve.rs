@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use ds4_cpu::{CpuBackend, CpuOptions};
 use ds4_engine::{CachePolicy, Engine, EngineOptions};
+use ds4_model::backend::Backend;
 use ds4_model::Model;
 use ds4_server::{KvDiskOptions, ServerOptions};
 
@@ -152,9 +153,8 @@ pub fn run(a: ServeArgs, default_model: &Path) -> Result<ExitCode> {
             model.display()
         );
     }
-    let ctx = a.ctx as usize;
     let engine_opts = EngineOptions {
-        ctx,
+        ctx: a.ctx as usize,
         ..EngineOptions::default()
     };
     if resolve_backend(a.backend, a.cpu, a.cuda) == BackendKind::Cuda {
@@ -165,33 +165,42 @@ pub fn run(a: ServeArgs, default_model: &Path) -> Result<ExitCode> {
         .threads
         .map(|t| t as usize)
         .unwrap_or_else(|| CpuOptions::default().threads);
-    let make = move || -> std::result::Result<Engine<CpuBackend>, String> {
-        let m = Model::open(&model).map_err(|e| format!("{}: {e}", model.display()))?;
-        let backend = CpuBackend::new(
-            &m,
+    serve_on(opts, model, engine_opts, move |m| {
+        Ok(CpuBackend::new(
+            m,
             CpuOptions {
                 threads,
                 ..CpuOptions::default()
             },
-        );
-        Engine::new(m, backend, engine_opts).map_err(|e| e.to_string())
-    };
-    ds4_server::run(opts, make)?;
+        ))
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The server on the CUDA backend: the worker opens the model and uploads
-/// the weights (a GPU or memory error ends `serve` with that message).
-#[cfg(feature = "cuda")]
-fn serve_cuda(opts: ServerOptions, model: PathBuf, engine_opts: EngineOptions) -> Result<()> {
-    use ds4_cuda::{CudaBackend, CudaOptions};
-    let make = move || -> std::result::Result<Engine<CudaBackend>, String> {
+/// Serves the model on the backend `backend` builds; the server's worker
+/// thread opens the model and builds the engine (an error there ends
+/// `serve` with its message).
+fn serve_on<B: Backend + 'static>(
+    opts: ServerOptions,
+    model: PathBuf,
+    engine_opts: EngineOptions,
+    backend: impl FnOnce(&Model) -> std::result::Result<B, String> + Send + 'static,
+) -> Result<()> {
+    let make = move || -> std::result::Result<Engine<B>, String> {
         let m = Model::open(&model).map_err(|e| format!("{}: {e}", model.display()))?;
-        let backend = CudaBackend::new(&m, CudaOptions::default()).map_err(|e| e.to_string())?;
-        Engine::new(m, backend, engine_opts).map_err(|e| e.to_string())
+        let b = backend(&m)?;
+        Engine::new(m, b, engine_opts).map_err(|e| e.to_string())
     };
     ds4_server::run(opts, make)?;
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn serve_cuda(opts: ServerOptions, model: PathBuf, engine_opts: EngineOptions) -> Result<()> {
+    use ds4_cuda::{CudaBackend, CudaOptions};
+    serve_on(opts, model, engine_opts, |m| {
+        CudaBackend::new(m, CudaOptions::default()).map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
