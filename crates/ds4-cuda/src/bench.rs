@@ -385,14 +385,9 @@ pub fn decode_products(
     let (d, hd, heads, rank) = (cfg.d_model, cfg.head_dim, cfg.n_head, cfg.q_lora_rank);
     let (groups, o_rank, k) = (cfg.n_out_group, cfg.o_lora_rank, cfg.n_expert_used);
     let random = |rows: usize, width: usize, seed: u64| -> Result<CudaAct> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = ds4_model::synth::Rng::for_chunk(seed, 0, 0);
         let data: Vec<f32> = (0..rows * width)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
             .collect();
         b.upload_act(rows, width, &data)
     };
