@@ -176,6 +176,13 @@ impl<B: Backend> SessionPool<B> {
         save_to(self.disk.as_ref(), engine, &slot.session, len, reason, key)
     }
 
+    /// The visible transcript set for a session, while it still describes
+    /// the session as it is.
+    pub fn visible_key(&self, id: SessionId) -> Option<&VisibleKey> {
+        let slot = self.slots.iter().find(|s| s.id == id)?;
+        slot.key.as_ref().filter(|k| k.len == slot.session.len())
+    }
+
     /// Sets (or clears) the visible transcript of a session at its current
     /// length; any later change to the session through the pool drops it.
     pub fn set_visible_key(&mut self, id: SessionId, key: Option<VisibleKey>) -> Result<()> {

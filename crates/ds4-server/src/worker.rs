@@ -32,12 +32,11 @@ use crate::state::{send, LastJob, Shared};
 use crate::trace::Trace;
 use crate::turn::{SinkStop, TurnOptions, TurnSink};
 
-/// A remembered visible transcript (§6.2 step 5): the text the next request
-/// renders for the session's current frontier.
+/// Which kind of visible transcript (§6.2 step 5) a session has; the text
+/// itself is the pool's [`VisibleKey`] of the session, which the pool drops
+/// as soon as the session changes.
 struct Binding {
     session: SessionId,
-    frontier: usize,
-    visible: String,
     /// `thinking-visible` or `tools-visible`.
     source: &'static str,
 }
@@ -188,12 +187,12 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             let visible = self
-                .bindings
-                .iter()
-                .find(|b| b.session == id && b.frontier == live.len())
-                .filter(|b| text.len() > b.visible.len() && text.starts_with(&b.visible));
+                .pool
+                .visible_key(id)
+                .filter(|k| text.len() > k.text.len() && text.starts_with(&k.text))
+                .zip(self.bindings.iter().find(|b| b.session == id));
             let (from, source) = match visible {
-                Some(b) => (Some(b.visible.len()), b.source),
+                Some((k, b)) => (Some(k.text.len()), b.source),
                 None => {
                     let live_text = tok.decode(live);
                     let ok = live_text.len() < text.len()
@@ -449,23 +448,21 @@ impl<B: Backend> Worker<B> {
         } else {
             None
         };
-        // Evict / shutdown checkpoints of this session are keyed by what
-        // the next request renders (§6.4), so a restart resumes the hidden
-        // reasoning too.
-        let key = binding.as_ref().map(|(visible, _)| VisibleKey {
-            text: visible.clone(),
+        // The pool keeps the transcript: the next request's plan matches it,
+        // and evict / shutdown checkpoints of this session are keyed by it
+        // (§6.4), so a restart resumes the hidden reasoning too.
+        if let Some((_, source)) = &binding {
+            self.bindings.push(Binding {
+                session: sid,
+                source,
+            });
+        }
+        let key = binding.map(|(text, _)| VisibleKey {
+            text,
             flags: FLAG_THINKING_VISIBLE,
             len: frontier,
         });
         let _ = self.pool.set_visible_key(sid, key);
-        if let Some((visible, source)) = binding {
-            self.bindings.push(Binding {
-                session: sid,
-                frontier,
-                visible,
-                source,
-            });
-        }
     }
 }
 
