@@ -417,19 +417,28 @@ impl<'a> Parser<'a> {
             self.ws();
             let v = self.value()?;
             PyValue::object_insert(&mut entries, key, v);
-            self.ws();
-            match self.s.get(self.i) {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(PyValue::Object(entries));
-                }
-                _ => return Err(self.err("expecting ',' or '}'")),
+            if self.item_end(b'}', "expecting ',' or '}'")? {
+                return Ok(PyValue::Object(entries));
             }
+        }
+    }
+
+    /// After a member: `,` (more follow; `false`) or the closing `close`
+    /// (the container ends; `true`), else the error `expected`.
+    fn item_end(&mut self, close: u8, expected: &'static str) -> Result<bool, JsonError> {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(&c) if c == close => {
+                self.i += 1;
+                self.depth -= 1;
+                Ok(true)
+            }
+            _ => Err(self.err(expected)),
         }
     }
 
@@ -445,18 +454,8 @@ impl<'a> Parser<'a> {
         }
         loop {
             items.push(self.value()?);
-            self.ws();
-            match self.s.get(self.i) {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Ok(PyValue::Array(items));
-                }
-                _ => return Err(self.err("expecting ',' or ']'")),
+            if self.item_end(b']', "expecting ',' or ']'")? {
+                return Ok(PyValue::Array(items));
             }
         }
     }
