@@ -313,11 +313,6 @@ impl Gpu {
                 CudaError::Invalid(format!("{name}: {smem} bytes of shared memory: {e:?}"))
             })?;
         }
-        if grid.1 > 65_535 || grid.2 > 65_535 {
-            return Err(CudaError::Invalid(format!(
-                "{name}: grid {grid:?} exceeds the y/z limit of 65535"
-            )));
-        }
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block} smem {smem} args {args:?}");
         }
@@ -350,11 +345,6 @@ impl Gpu {
         arg: &S,
     ) -> Result<()> {
         let f = self.func(name)?;
-        if grid.1 > 65_535 || grid.2 > 65_535 {
-            return Err(CudaError::Invalid(format!(
-                "{name}: grid {grid:?} exceeds the y/z limit of 65535"
-            )));
-        }
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block}");
         }
@@ -387,6 +377,11 @@ impl Gpu {
         smem: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        if grid.1 > 65_535 || grid.2 > 65_535 {
+            return Err(CudaError::Invalid(format!(
+                "{name}: grid {grid:?} exceeds the y/z limit of 65535"
+            )));
+        }
         // SAFETY: a plain C union of integers; zero is a valid value.
         let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
