@@ -232,3 +232,18 @@ __device__ __forceinline__ void ds4_pdl_enter() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// Asks L2 to fetch [p, p + n) ahead of its use (sm_90 bulk prefetch; the
+// range is widened to 16-byte bounds), in 32 KB pieces over a warp's lanes.
+// Weights never change while a model is open, so a kernel may do this before
+// ds4_pdl_enter, while its predecessor still runs.
+__device__ __forceinline__ void prefetch_l2(const u8* p, u64 n, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const u64 a = (u64)p & ~(u64)15, e = ((u64)p + n + 15) & ~(u64)15;
+    const u64 piece = 32768;
+    for (u64 q = a + (u64)lane * piece; q < e; q += DS4_WARP * piece) {
+        const u32 len = (u32)min(piece, e - q);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(q), "r"(len) : "memory");
+    }
+#endif
+}

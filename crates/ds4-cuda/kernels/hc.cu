@@ -165,13 +165,14 @@ __device__ float block_sum_f32(float v, float* scratch) {
 extern "C" __global__ void hc_dots(const u8* __restrict__ fn, const float* __restrict__ x,
                                    int width, int n_rows, int n_splits,
                                    float* __restrict__ part, double* __restrict__ ss) {
-    ds4_pdl_enter();
     __shared__ float scratch[32];
     __shared__ double dscratch[32];
     const int row = blockIdx.x, sp = blockIdx.y, t = blockIdx.z;
     const int len = width / n_splits, k0 = sp * len;
     const float* xt = x + (i64)t * width + k0;
     const u8* w = fn + ((i64)row * width + k0) * 2;
+    if (t == 0 && threadIdx.x < DS4_WARP) prefetch_l2(w, (u64)len * 2, threadIdx.x);
+    ds4_pdl_enter();
     float acc = 0.0f;
     for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
     acc = block_sum_f32(acc, scratch);
@@ -232,9 +233,10 @@ extern "C" __global__ void hc_dots_batch(const u8* __restrict__ fn, const float*
 __device__ void hc_values(const float* __restrict__ part, const double* __restrict__ ss, int t,
                           int n_rows, int n_splits, int width, float eps, float* m, float* pbuf,
                           double* sbuf) {
+    // L2 loads (__ldcg): in hc_pre_one other blocks of the same launch wrote them.
     for (int k = threadIdx.x; k < n_rows * n_splits; k += blockDim.x)
-        pbuf[k] = part[(i64)t * n_rows * n_splits + k];
-    if (threadIdx.x < n_splits) sbuf[threadIdx.x] = ss[(i64)t * n_splits + threadIdx.x];
+        pbuf[k] = __ldcg(part + (i64)t * n_rows * n_splits + k);
+    if (threadIdx.x < n_splits) sbuf[threadIdx.x] = __ldcg(ss + (i64)t * n_splits + threadIdx.x);
     __syncthreads();
     if (threadIdx.x < n_rows) {
         double q = 0.0;
@@ -274,23 +276,19 @@ __device__ __forceinline__ void hc_weighted(const float* a, const float* __restr
     }
 }
 
-// HC-pre of one token per block: the mix (post, comb -> mix[t]) and
+// HC-pre of token t by one block: the mix (post, comb -> mix[t]) and
 // y[t] = sum_h pre_h * x[t][stream h], then, with `norm`, y[t] =
 // rms_row(y[t]) * norm (the sublayer's input norm, fused).
-extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
-                                         const double* __restrict__ ss, int n_splits,
-                                         const float* __restrict__ scale,
-                                         const float* __restrict__ base, const float* __restrict__ x,
-                                         float* __restrict__ mix, float* y,
-                                         const float* __restrict__ norm, int d,
-                                         int n, int iters, float hc_eps, float rms_eps) {
-    ds4_pdl_enter();
+__device__ void hc_pre_token(const float* __restrict__ part, const double* __restrict__ ss,
+                             int n_splits, const float* __restrict__ scale,
+                             const float* __restrict__ base, const float* __restrict__ x,
+                             float* __restrict__ mix, float* y, const float* __restrict__ norm,
+                             int d, int n, int iters, float hc_eps, float rms_eps, int t) {
     __shared__ float m[96];
     __shared__ float pre[8];
     __shared__ float mixs[8 + 64];
     __shared__ float pbuf[96 * 32];
     __shared__ double sbuf[32];
-    const int t = blockIdx.x;
     const int n_mix = 2 * n + n * n;
     hc_values(part, ss, t, n_mix, n_splits, n * d, rms_eps, m, pbuf, sbuf);
     const bool warp_mix = n * n <= DS4_WARP && blockDim.x > DS4_WARP;
@@ -325,6 +323,61 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
         __syncthreads();
         rms_row(y + (i64)t * d, y + (i64)t * d, norm, d, rms_eps, scratch);
     }
+}
+
+// HC-pre after hc_dots: one token per block.
+extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
+                                         const double* __restrict__ ss, int n_splits,
+                                         const float* __restrict__ scale,
+                                         const float* __restrict__ base, const float* __restrict__ x,
+                                         float* __restrict__ mix, float* y,
+                                         const float* __restrict__ norm, int d,
+                                         int n, int iters, float hc_eps, float rms_eps) {
+    ds4_pdl_enter();
+    hc_pre_token(part, ss, n_splits, scale, base, x, mix, y, norm, d, n, iters, hc_eps, rms_eps,
+                 blockIdx.x);
+}
+
+// HC-pre of one token in one launch (decode): blocks (row, split) form
+// hc_dots' partials (same code), and the block that finishes last, counted
+// on `done` (zero between launches: that block resets it), runs
+// hc_pre_token on them. Saves hc_pre_finish's launch and its wait for the
+// slowest dots block to drain through a kernel boundary.
+extern "C" __global__ void hc_pre_one(const u8* __restrict__ fn, const float* __restrict__ x,
+                                      int width, int n_rows, int n_splits,
+                                      float* __restrict__ part, double* __restrict__ ss,
+                                      unsigned int* done, const float* __restrict__ scale,
+                                      const float* __restrict__ base, float* __restrict__ mix,
+                                      float* y, const float* __restrict__ norm, int d, int n,
+                                      int iters, float hc_eps, float rms_eps) {
+    __shared__ float scratch[32];
+    __shared__ double dscratch[32];
+    __shared__ bool last;
+    const int row = blockIdx.x, sp = blockIdx.y;
+    const int len = width / n_splits, k0 = sp * len;
+    const u8* w = fn + ((i64)row * width + k0) * 2;
+    if (threadIdx.x < DS4_WARP) prefetch_l2(w, (u64)len * 2, threadIdx.x);
+    ds4_pdl_enter();
+    const float* xt = x + k0;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
+    acc = block_sum_f32(acc, scratch);
+    if (threadIdx.x == 0) part[row * n_splits + sp] = acc;
+    if (row == 0) {
+        double q = 0.0;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) q += (double)xt[i] * (double)xt[i];
+        q = block_sum_f64(q, dscratch);
+        if (threadIdx.x == 0) ss[sp] = q;
+    }
+    // Publish this block's partials, then count it (threadFenceReduction).
+    __threadfence();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x * gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) *done = 0;
+    hc_pre_token(part, ss, n_splits, scale, base, x, mix, y, norm, d, n, iters, hc_eps, rms_eps,
+                 0);
 }
 
 // The output head's pre-norm of one token per block: stream weights

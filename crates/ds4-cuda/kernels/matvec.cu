@@ -591,6 +591,111 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs_xs(const MatJo
     gemv_impl<FastIQ2XXS, 2, true>(js, grid, xs);
 }
 
+// ---------------------------------------------------------------------------
+// Q8_0 with the activation slice in registers ("x-stationary").
+//
+// The plain kernels read 16 x values (64 bytes, through L1) for every 16
+// weights (17 bytes) of R rows, so L1 -- not DRAM -- is their limit (H200,
+// Nsight, docs/bench r20: L1/TEX throughput 73-95 %, DRAM 44-67 %). Here a
+// warp owns a 1024-value slice of k (row_len / 1024 = 1, 2, 4 or 8 warps, a
+// "row group", share a row)
+// and keeps it in registers: lane l holds the 16-value chunks l and l + 32
+// of the slice. The row group then walks a contiguous run of rows, R at a
+// time, reading only weights. A row's sum: per lane chunk l then chunk
+// l + 32 (each in order), xor butterfly over the lanes, then the slices in
+// order through shared memory -- fixed, so runs are bit-identical (not the
+// same bits as gemv_q8_0, whose split of k differs).
+
+template <int R>
+__device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
+    __shared__ float part[2][DS4_GEMV_WARPS][R];
+    const MatJob& J = js.j[gemv_job(js)];
+    const int item = blockIdx.y;
+    if (item >= J.n_items) return;  // uniform over the block
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int ks = J.ksplit;  // = row_len / 1024
+    const int rgs = DS4_GEMV_WARPS / ks, rg = warp / ks, s = warp % ks;
+    const int batches = (J.n_rows + R - 1) / R;
+    const int n_rg = J.n_blocks * rgs;
+    const int per = (batches + n_rg - 1) / n_rg;
+    const int b0 = (((int)blockIdx.x - J.block0) * rgs + rg) * per;
+    const int b1 = min(batches, b0 + per);
+    const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
+    const u8* w = J.w + m * J.mat_bytes;
+    const int B = J.row_len >> 5;
+    const int c0 = 64 * s + lane, c1 = c0 + 32;  // this lane's chunks
+    const float* xi = J.x + (i64)(item / J.x_div) * J.x_stride;
+    float* y = J.y + (i64)item * J.y_stride;
+    float4 xa[4], xb[4];
+    int xg = -1;  // x group held in xa, xb
+    int buf = 0;
+    for (int b = b0; b < b1; b++) {
+        const int row0 = b * R;
+        const int grp = row0 / J.x_grp_rows;  // R divides x_grp_rows (host)
+        if (grp != xg) {
+            const float* xr = xi + (i64)grp * J.x_grp_stride;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                xa[k] = ldx4(xr + 16 * c0 + 4 * k);
+                xb[k] = ldx4(xr + 16 * c1 + 4 * k);
+            }
+            xg = grp;
+        }
+        uint4 qa[R], qb[R];
+        float da[R], db[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const u8* row = w + (u64)min(row0 + r, J.n_rows - 1) * J.row_bytes;
+            qa[r] = ld_stream16(row + 16 * c0);
+            qb[r] = ld_stream16(row + 16 * c1);
+            da[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c0 >> 1)));
+            db[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c1 >> 1)));
+        }
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float t = dot4_i8(qa[r].x, xa[0], 0.0f);
+            t = dot4_i8(qa[r].y, xa[1], t);
+            t = dot4_i8(qa[r].z, xa[2], t);
+            t = dot4_i8(qa[r].w, xa[3], t);
+            float u = dot4_i8(qb[r].x, xb[0], 0.0f);
+            u = dot4_i8(qb[r].y, xb[1], u);
+            u = dot4_i8(qb[r].z, xb[2], u);
+            u = dot4_i8(qb[r].w, xb[3], u);
+            acc[r] = warp_sum(fmaf(db[r], u, da[r] * t));
+        }
+        if (ks == 1) {
+            if (lane == 0) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (row0 + r < J.n_rows) y[row0 + r] = gemv_epilogue(J, item, row0 + r, acc[r]);
+            }
+            continue;
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++) part[buf][warp][r] = acc[r];
+        }
+        // The row group's warps only (named barrier 1 + rg); part[] is
+        // double-buffered, so the next batch's writes cannot meet this
+        // batch's reads.
+        asm volatile("bar.sync %0, %1;" ::"r"(1 + rg), "r"(ks * DS4_WARP) : "memory");
+        if (s == 0 && lane < R && row0 + lane < J.n_rows) {
+            float t = part[buf][warp][lane];
+            for (int q = 1; q < ks; q++) t += part[buf][warp + q][lane];
+            y[row0 + lane] = gemv_epilogue(J, item, row0 + lane, t);
+        }
+        buf ^= 1;
+    }
+}
+
+// Four rows per batch: on an H200 (docs/bench r21) 2 rows per batch was
+// slower than the plain kernel and 4 faster (2 blocks of 127 registers per SM).
+extern "C" __global__ void __launch_bounds__(256) gemv_q8_0_xr(const MatJobs js) {
+    ds4_pdl_enter();
+    gemv_q8_0_xr_impl<4>(js);
+}
+
 // Dequantises rows [0, n_rows) of a matrix into f32 (tests and small tensors).
 #define DS4_DEQUANT(NAME, DEQ, BLK)                                                       \
     extern "C" __global__ void NAME(const u8* __restrict__ w, u64 row_bytes, int n_rows,  \

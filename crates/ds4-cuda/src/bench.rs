@@ -362,26 +362,26 @@ pub struct ProductTiming {
     pub us: f64,
 }
 
-/// Times every weight product of one decode step of layer `il` (one token,
-/// random activations, the same launches as the forward pass: multi-product
-/// GEMVs, grouped output projection, six routed experts with their ids on
-/// the device): `reps` launches back to back between two events (so
-/// consecutive launches overlap as in decode), `runs` times, median. For
-/// iterating on the GEMV kernels without the whole model: a one-layer
-/// synthetic file has every production shape.
+/// Times every weight product of one decode step (one token, random
+/// activations, the same launches as the forward pass: multi-product GEMVs,
+/// grouped output projection, six routed experts with their ids on the
+/// device): `reps` launches back to back between two events (so consecutive
+/// launches overlap as in decode), `runs` times, median. Launch `i` uses
+/// layer `i % n_layer`'s matrices, so with a few layers the weights come
+/// from DRAM as in decode, not from L2 (an 8-layer synthetic file moves
+/// ~280 MB per product kind, L2 holds ~50 MB; with one layer, matrices
+/// under ~50 MB are L2 hits after the first launch).
 pub fn decode_products(
     b: &CudaBackend,
     w: &Weights,
-    il: usize,
     reps: usize,
     runs: usize,
 ) -> Result<Vec<ProductTiming>> {
     use crate::ops::{Items, Mat};
     let cfg = &b.cfg;
-    let layer = w
-        .layers
-        .get(il)
-        .ok_or_else(|| crate::CudaError::Invalid(format!("no layer {il}")))?;
+    if w.layers.is_empty() {
+        return Err(crate::CudaError::Invalid("the model has no layers".into()));
+    }
     let (d, hd, heads, rank) = (cfg.d_model, cfg.head_dim, cfg.n_head, cfg.q_lora_rank);
     let (groups, o_rank, k) = (cfg.n_out_group, cfg.o_lora_rank, cfg.n_expert_used);
     let random = |rows: usize, width: usize, seed: u64| -> Result<CudaAct> {
@@ -391,23 +391,7 @@ pub fn decode_products(
             .collect();
         b.upload_act(rows, width, &data)
     };
-    let at = &layer.attn;
-    let ffn = &layer.ffn;
-    let (qa, kv, qb) = (b.mat(&at.q_a)?, b.mat(&at.kv)?, b.mat(&at.q_b)?);
-    let (oa, ob) = (b.mat(&at.output_a)?, b.mat(&at.output_b)?);
-    let router = b.mat(&ffn.router)?;
-    let (mg, mu, md) = (
-        b.mat(&ffn.gate_exps)?,
-        b.mat(&ffn.up_exps)?,
-        b.mat(&ffn.down_exps)?,
-    );
-    let (sg, su, sd) = (
-        b.mat(&ffn.gate_shared)?,
-        b.mat(&ffn.up_shared)?,
-        b.mat(&ffn.down_shared)?,
-    );
-    let head = b.mat(&w.output)?;
-    let ff = mg.n_rows;
+    let ff = b.mat(&w.layers[0].ffn.gate_exps)?.n_rows;
     let x_d = random(1, d, 1)?;
     let x_rank = random(1, rank, 2)?;
     let x_o = random(1, heads * hd, 3)?;
@@ -418,6 +402,7 @@ pub fn decode_products(
         .collect();
     let ids = b.gpu.upload(&ids)?;
     let ids = b.gpu.ptr(&ids);
+    let head = b.mat(&w.output)?;
     let y = b.new_act(k, (heads * hd).max(head.n_rows).max(2 * ff))?;
     let y2 = b.new_act(k, (heads * hd).max(2 * ff))?;
     let (py, py2) = (b.ptr(&y), b.ptr(&y2));
@@ -437,6 +422,22 @@ pub fn decode_products(
         format!("{mats}{} {}x{}", m.ggml_type, m.n_rows, m.row_len)
     };
     type Job = Vec<(Mat, Items)>;
+    let layer_jobs = |layer: &ds4_model::weights::LayerWeights| -> Result<Vec<(&'static str, String, usize, Job)>> {
+    let at = &layer.attn;
+    let ffn = &layer.ffn;
+    let (qa, kv, qb) = (b.mat(&at.q_a)?, b.mat(&at.kv)?, b.mat(&at.q_b)?);
+    let (oa, ob) = (b.mat(&at.output_a)?, b.mat(&at.output_b)?);
+    let router = b.mat(&ffn.router)?;
+    let (mg, mu, md) = (
+        b.mat(&ffn.gate_exps)?,
+        b.mat(&ffn.up_exps)?,
+        b.mat(&ffn.down_exps)?,
+    );
+    let (sg, su, sd) = (
+        b.mat(&ffn.gate_shared)?,
+        b.mat(&ffn.up_shared)?,
+        b.mat(&ffn.down_shared)?,
+    );
     let oa_all = oa.rows(0, groups * o_rank);
     let mut jobs: Vec<(&'static str, String, usize, Job)> = vec![
         (
@@ -527,14 +528,22 @@ pub fn decode_products(
             ],
         ));
     }
-    let mut out = Vec::with_capacity(jobs.len());
-    for (name, what, bytes, job) in jobs {
-        b.products(&job)?; // warm-up
+        Ok(jobs)
+    };
+    let per_layer = w
+        .layers
+        .iter()
+        .map(layer_jobs)
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(per_layer[0].len());
+    for (p, (name, what, bytes, _)) in per_layer[0].iter().enumerate() {
+        let job = |i: usize| &per_layer[i % per_layer.len()][p].3;
+        b.products(job(0))?; // warm-up
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs.max(1) {
             let (r, span) = b.gpu.span(|| -> Result<()> {
-                for _ in 0..reps.max(1) {
-                    b.products(&job)?;
+                for i in 0..reps.max(1) {
+                    b.products(job(i))?;
                 }
                 Ok(())
             })?;
@@ -544,8 +553,8 @@ pub fn decode_products(
         times.sort_by(f64::total_cmp);
         out.push(ProductTiming {
             name,
-            what,
-            bytes,
+            what: what.clone(),
+            bytes: *bytes,
             us: times[times.len() / 2],
         });
     }

@@ -114,13 +114,21 @@ impl CudaBackend {
         if 2 * n + n * n > 96 {
             return Err(CudaError::Unsupported(format!("{n} HC streams")));
         }
-        let (part, ss, splits) = self.hc_dots(&w.func, self.ptr(x), t)?;
         let mix = CudaMix {
             rows: t,
             buf: self.gpu.buf(t * (n + n * n))?,
         };
         let y = self.new_act(t, d)?;
         let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
+        let norm = match norm {
+            Some(t) => Arg::Ptr(self.addr(t)?),
+            None => NULL,
+        };
+        if t == 1 {
+            self.hc_pre_one(w, x, &mix, &y, norm, threads)?;
+            return Ok((y, mix));
+        }
+        let (part, ss, splits) = self.hc_dots(&w.func, self.ptr(x), t)?;
         self.gpu.launch(
             "hc_pre_finish",
             (t as u32, 1, 1),
@@ -135,10 +143,7 @@ impl CudaBackend {
                 Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.gpu.ptr(&mix.buf)),
                 Arg::Ptr(self.ptr(&y)),
-                match norm {
-                    Some(t) => Arg::Ptr(self.addr(t)?),
-                    None => NULL,
-                },
+                norm,
                 Arg::I32(d as i32),
                 Arg::I32(n as i32),
                 Arg::I32(cfg.sinkhorn_iters as i32),
@@ -147,6 +152,63 @@ impl CudaBackend {
             ],
         )?;
         Ok((y, mix))
+    }
+
+    /// HC-pre of a single token in one launch (`hc_pre_one`): blocks of
+    /// `threads` threads take 4 values each per split of the flat state.
+    fn hc_pre_one(
+        &self,
+        w: &HcWeights,
+        x: &CudaAct,
+        mix: &CudaMix,
+        y: &CudaAct,
+        norm: Arg,
+        threads: u32,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (n, d) = (cfg.n_hc, cfg.d_model);
+        let width = n * d;
+        let func = &w.func;
+        if func.ggml_type != GgmlType::F16 || func.row_len() != width {
+            return Err(CudaError::Unsupported(format!(
+                "{}: HC mixing needs F16 rows of {width}",
+                func.name
+            )));
+        }
+        let n_rows = func.n_rows();
+        let mut splits = (width / (4 * threads as usize)).clamp(1, 32);
+        while !width.is_multiple_of(splits) {
+            splits -= 1;
+        }
+        let part = self.gpu.buf::<f32>(n_rows * splits)?;
+        let ss = self.gpu.buf::<f64>(splits)?;
+        self.gpu.launch(
+            "hc_pre_one",
+            (n_rows as u32, splits as u32, 1),
+            threads,
+            0,
+            &[
+                Arg::Ptr(self.addr(func)?),
+                Arg::Ptr(self.ptr(x)),
+                Arg::I32(width as i32),
+                Arg::I32(n_rows as i32),
+                Arg::I32(splits as i32),
+                Arg::Ptr(self.gpu.ptr(&part)),
+                Arg::Ptr(self.gpu.ptr(&ss)),
+                Arg::Ptr(self.gpu.ptr(&self.hc_done)),
+                Arg::Ptr(self.addr(&w.scale)?),
+                Arg::Ptr(self.addr(&w.base)?),
+                Arg::Ptr(self.gpu.ptr(&mix.buf)),
+                Arg::Ptr(self.ptr(y)),
+                norm,
+                Arg::I32(d as i32),
+                Arg::I32(n as i32),
+                Arg::I32(cfg.sinkhorn_iters as i32),
+                Arg::F32(cfg.hc_eps),
+                Arg::F32(cfg.rms_eps),
+            ],
+        )?;
+        Ok(())
     }
 
     pub(crate) fn hc_post_impl(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> Result<()> {

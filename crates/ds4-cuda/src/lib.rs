@@ -55,6 +55,11 @@ pub struct CudaOptions {
     /// Results are the same either way (every kernel waits for its
     /// predecessor before reading memory).
     pub dependent_launch: bool,
+    /// Q8_0 decode GEMVs keep their slice of the activation row in
+    /// registers (rows of 1024, 2048, 4096 or 8192 values): each row's
+    /// sum is split over k differently from the plain kernel (agrees to
+    /// rounding), still one fixed order.
+    pub q8_0_x_registers: bool,
 }
 
 /// Per weight format, whether the fast decode GEMV first copies the
@@ -128,6 +133,7 @@ impl Default for CudaOptions {
             device: 0,
             gemv_staging: GemvStaging::default(),
             dependent_launch: true,
+            q8_0_x_registers: true,
         }
     }
 }
@@ -196,6 +202,8 @@ pub struct CudaBackend {
     /// The token ids of the last `embed`, on the device: hash routing of
     /// the same batch reuses them instead of copying them again.
     tokens: Mutex<Option<(Vec<u32>, DevBuf<i32>)>>,
+    /// `hc_pre_one`'s count of finished blocks (zero between launches).
+    hc_done: CudaSlice<u32>,
 }
 
 /// Weight types the matrix kernels decode.
@@ -232,6 +240,7 @@ impl CudaBackend {
         let ropes = (0..cfg.n_layer)
             .map(|il| gpu.upload(&Rope::for_layer(&cfg, il).inv_freq))
             .collect::<Result<Vec<_>>>()?;
+        let hc_done = gpu.zeros(1)?;
         Ok(Self {
             gpu,
             cfg,
@@ -240,6 +249,7 @@ impl CudaBackend {
             ropes,
             plan,
             tokens: Mutex::new(None),
+            hc_done,
         })
     }
 

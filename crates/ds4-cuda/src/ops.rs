@@ -23,6 +23,11 @@ pub const GEMM_TILE_ROWS: usize = 128;
 pub const GEMM_TILE_ITEMS: usize = 64;
 /// Warps the GEMV launches aim to keep in flight (132 SMs × ~32).
 const GEMV_TARGET_WARPS: usize = 4096;
+/// Warps of an x-in-registers Q8_0 launch (~16 per SM): fewer, longer-lived
+/// warps load their x slice fewer times.
+const XR_TARGET_WARPS: usize = 2048;
+/// Rows per batch of `gemv_q8_0_xr` (the kernel's R).
+const XR_ROWS: usize = 4;
 
 /// A weight matrix (or stack of matrices) on the device.
 #[derive(Clone, Copy, Debug)]
@@ -163,20 +168,40 @@ pub struct ExpertTiles {
     pub max_tiles: usize,
 }
 
+/// How a GEMV launch splits a row's k range over warps.
+#[derive(Clone, Copy)]
+enum KSplit {
+    /// Into 1 to 8 shares of this many chunks (more when there are few rows).
+    Chunks(usize),
+    /// Into 1024-value slices, one warp each (`gemv_q8_0_xr`).
+    Slices,
+}
+
 /// The GEMV kernel for a format: fast (16-byte loads) when the shape allows,
-/// else the element-wise one. Returns (kernel, rows per warp, chunks per row).
+/// else the element-wise one. Returns (kernel, rows per warp, k split).
 fn gemv_kernel(
     m: &Mat,
     its: &[Items],
-    staging: &crate::GemvStaging,
-) -> Result<(&'static str, usize, usize)> {
-    let st = staging.stages(m.ggml_type);
+    opts: &crate::CudaOptions,
+) -> Result<(&'static str, usize, KSplit)> {
+    let st = opts.gemv_staging.stages(m.ggml_type);
     let aligned = m.addr.is_multiple_of(16)
         && its.iter().all(|it| {
             it.x % 16 == 0 && it.x_stride % 4 == 0 && it.x_grp.is_none_or(|(_, s)| s % 4 == 0)
         });
     let l = m.row_len;
-    Ok(match m.ggml_type {
+    let (name, rows, chunks) = match m.ggml_type {
+        GgmlType::Q8_0
+            if opts.q8_0_x_registers
+                && aligned
+                && l.is_multiple_of(1024)
+                && matches!(l / 1024, 1 | 2 | 4 | 8)
+                && its
+                    .iter()
+                    .all(|it| it.x_grp.is_none_or(|(rows, _)| rows % XR_ROWS == 0)) =>
+        {
+            return Ok(("gemv_q8_0_xr", XR_ROWS, KSplit::Slices));
+        }
         GgmlType::Q8_0 if aligned && l.is_multiple_of(256) => {
             (if st { "gemv_q8_0_xs" } else { "gemv_q8_0" }, 2, l / 16)
         }
@@ -200,7 +225,8 @@ fn gemv_kernel(
         GgmlType::Q4_K => ("gemv_any_q4_k", 1, l),
         GgmlType::IQ2_XXS => ("gemv_any_iq2_xxs", 1, l),
         other => return Err(CudaError::Unsupported(format!("{other} weight matrices"))),
-    })
+    };
+    Ok((name, rows, KSplit::Chunks(chunks)))
 }
 
 /// The tensor-core GEMM kernel for a format, if the shape allows one.
@@ -363,7 +389,7 @@ impl CudaBackend {
 
     fn gemv(&self, jobs: &[(Mat, Items)]) -> Result<()> {
         let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
-        let (kernel, r, chunks) = gemv_kernel(&jobs[0].0, &its, &self.opts.gemv_staging)?;
+        let (kernel, r, split) = gemv_kernel(&jobs[0].0, &its, &self.opts)?;
         // Splits keep whole x_div groups together, so x moves by whole rows.
         let cap = jobs
             .iter()
@@ -382,11 +408,26 @@ impl CudaBackend {
             for (k, (m, it)) in jobs.iter().enumerate() {
                 let n = it.n.saturating_sub(done).min(cap);
                 let groups = m.n_rows.div_ceil(r);
-                let mut ks = 1usize;
-                while ks < 8 && groups * n.max(1) * ks < GEMV_TARGET_WARPS && chunks >= 64 * ks {
-                    ks *= 2;
-                }
-                let n_blocks = groups.div_ceil(8 / ks);
+                let (ks, n_blocks) = match split {
+                    KSplit::Slices => {
+                        // A row group of row_len / 1024 warps walks a
+                        // contiguous run of R-row batches.
+                        let ks = m.row_len / 1024;
+                        let target = (XR_TARGET_WARPS / ks / n.max(1)).max(1);
+                        let per = groups.div_ceil(target);
+                        (ks, groups.div_ceil(per).div_ceil(8 / ks))
+                    }
+                    KSplit::Chunks(chunks) => {
+                        let mut ks = 1usize;
+                        while ks < 8
+                            && groups * n.max(1) * ks < GEMV_TARGET_WARPS
+                            && chunks >= 64 * ks
+                        {
+                            ks *= 2;
+                        }
+                        (ks, groups.div_ceil(8 / ks))
+                    }
+                };
                 let (grp_rows, grp_stride) = it.x_grp.unwrap_or((i32::MAX as usize, 0));
                 let (add, add_n, add_stride) = it.add.unwrap_or((0, 0, 0));
                 js.j[k] = MatJob {

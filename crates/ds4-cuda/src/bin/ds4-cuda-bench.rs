@@ -6,11 +6,12 @@
 //! ds4-cuda-bench synth --preset flash-q2 [--layers N] -o MODEL.gguf
 //! ds4-cuda-bench run -m MODEL.gguf [--ctx 2048,8192,16384,65536] [--chunk 2048]
 //!     [--gen 32] [--csv FILE] [--breakdown FILE] [--deadline-s 300]
-//! ds4-cuda-bench products -m MODEL.gguf [--layer 0] [--reps 50] [--runs 7]
+//! ds4-cuda-bench products -m MODEL.gguf [--reps 50] [--runs 7]
 //! ```
 //!
 //! `products` times each weight product of one decode step on its own (for
-//! GEMV kernel work: a `--layers 1` synthetic file has every shape).
+//! GEMV kernel work: a `--layers 8` synthetic file has every shape, and
+//! enough layers that the launches read DRAM, not L2).
 //!
 //! For each frontier f: prefill the next f − previous tokens (chunks of
 //! `--chunk`), then decode `--gen` tokens greedily (median step time), then
@@ -41,10 +42,10 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: ds4-cuda-bench synth --preset NAME [--layers N] -o FILE\n       \
          ds4-cuda-bench run -m FILE [--ctx LIST] [--chunk N] [--gen N] [--csv FILE] \
-         [--breakdown FILE] [--deadline-s S] [--exact] [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] \
-         [--no-dependent-launch]\n       \
-         ds4-cuda-bench products -m FILE [--layer L] [--reps N] [--runs N] \
-         [--gemv-stage LIST] [--no-dependent-launch]"
+         [--breakdown FILE] [--deadline-s S] [--exact] [GPU OPTIONS]\n       \
+         ds4-cuda-bench products -m FILE [--reps N] [--runs N] [GPU OPTIONS]\n\
+         GPU OPTIONS: [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] [--no-dependent-launch]\n       \
+         [--q8-x-registers on|off]"
     );
     ExitCode::from(2)
 }
@@ -73,23 +74,39 @@ fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str> {
         .ok_or_else(|| anyhow!("{flag} needs a value"))
 }
 
+/// Applies `args[*i]` (and its value) to `opts` if it is one of the GPU
+/// options both `run` and `products` take; false if it is not one.
+fn gpu_option(args: &[String], i: &mut usize, opts: &mut CudaOptions) -> Result<bool> {
+    match args[*i].as_str() {
+        "--gemv-stage" => {
+            opts.gemv_staging =
+                GemvStaging::parse(value(args, i, "--gemv-stage")?).map_err(anyhow::Error::msg)?
+        }
+        "--no-dependent-launch" => opts.dependent_launch = false,
+        "--q8-x-registers" => {
+            opts.q8_0_x_registers = match value(args, i, "--q8-x-registers")? {
+                "on" => true,
+                "off" => false,
+                v => bail!("--q8-x-registers takes on or off, not '{v}'"),
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Each weight product of one decode step on its own (`bench::decode_products`):
 /// µs per launch and GB/s against a device copy measured in the same run.
 fn cmd_products(args: &[String]) -> Result<()> {
-    let (mut model, mut layer, mut reps, mut runs) = (None, 0usize, 50usize, 7usize);
+    let (mut model, mut reps, mut runs) = (None, 50usize, 7usize);
     let mut opts = CudaOptions::default();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "-m" | "--model" => model = Some(PathBuf::from(value(args, &mut i, "-m")?)),
-            "--layer" => layer = value(args, &mut i, "--layer")?.parse()?,
             "--reps" => reps = value(args, &mut i, "--reps")?.parse()?,
             "--runs" => runs = value(args, &mut i, "--runs")?.parse()?,
-            "--gemv-stage" => {
-                opts.gemv_staging = GemvStaging::parse(value(args, &mut i, "--gemv-stage")?)
-                    .map_err(anyhow::Error::msg)?
-            }
-            "--no-dependent-launch" => opts.dependent_launch = false,
+            _ if gpu_option(args, &mut i, &mut opts)? => {}
             a => bail!("unknown argument {a}"),
         }
         i += 1;
@@ -103,18 +120,20 @@ fn cmd_products(args: &[String]) -> Result<()> {
     let info = b.device_info().clone();
     let copy_gbs = copy_bandwidth(&b, 2 << 30, 20)?;
     println!(
-        "card: {} (compute {}.{}), date {}, model {}, layer {layer}, {reps} launches x {runs} runs\n\
+        "card: {} (compute {}.{}), date {}, model {} ({} layers, launch i uses layer i mod {}), {reps} launches x {runs} runs\n\
          device-to-device copy: {copy_gbs:.0} GB/s (read + write)\n",
         info.name,
         info.compute_capability.0,
         info.compute_capability.1,
         today(),
-        model.display()
+        model.display(),
+        m.config.n_layer,
+        m.config.n_layer,
     );
     println!("| product | weights | MB | µs/launch | GB/s | of copy |");
     println!("|---|---|---:|---:|---:|---:|");
     let mut total = (0usize, 0f64);
-    for t in decode_products(&b, &m.weights, layer, reps, runs)? {
+    for t in decode_products(&b, &m.weights, reps, runs)? {
         let gbs = t.bytes as f64 / (t.us * 1e-6) / 1e9;
         println!(
             "| {} | {} | {:.1} | {:.2} | {gbs:.0} | {:.0} % |",
@@ -177,9 +196,7 @@ struct RunOpts {
     csv: Option<PathBuf>,
     breakdown: Option<PathBuf>,
     deadline_s: f64,
-    numerics: Numerics,
-    gemv_staging: GemvStaging,
-    dependent_launch: bool,
+    cuda: CudaOptions,
 }
 
 fn parse_run(args: &[String]) -> Result<RunOpts> {
@@ -191,9 +208,7 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
         csv: None,
         breakdown: None,
         deadline_s: f64::INFINITY,
-        numerics: Numerics::Official,
-        gemv_staging: GemvStaging::default(),
-        dependent_launch: true,
+        cuda: CudaOptions::default(),
     };
     let mut i = 0;
     while i < args.len() {
@@ -210,12 +225,8 @@ fn parse_run(args: &[String]) -> Result<RunOpts> {
             "--csv" => o.csv = Some(PathBuf::from(value(args, &mut i, "--csv")?)),
             "--breakdown" => o.breakdown = Some(PathBuf::from(value(args, &mut i, "--breakdown")?)),
             "--deadline-s" => o.deadline_s = value(args, &mut i, "--deadline-s")?.parse()?,
-            "--exact" => o.numerics = Numerics::Exact,
-            "--no-dependent-launch" => o.dependent_launch = false,
-            "--gemv-stage" => {
-                o.gemv_staging = GemvStaging::parse(value(args, &mut i, "--gemv-stage")?)
-                    .map_err(anyhow::Error::msg)?
-            }
+            "--exact" => o.cuda.numerics = Numerics::Exact,
+            _ if gpu_option(args, &mut i, &mut o.cuda)? => {}
             a => bail!("unknown argument {a}"),
         }
         i += 1;
@@ -270,15 +281,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
     let model = Model::open(&o.model).with_context(|| format!("opening {}", o.model.display()))?;
     let cfg = model.config.clone();
     let t0 = Instant::now();
-    let b = CudaBackend::new(
-        &model,
-        CudaOptions {
-            numerics: o.numerics,
-            device: 0,
-            gemv_staging: o.gemv_staging,
-            dependent_launch: o.dependent_launch,
-        },
-    )?;
+    let b = CudaBackend::new(&model, o.cuda.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
     let info = b.device_info().clone();
     let bytes_tok = model.weights.decode_bytes_per_token(&cfg);
@@ -297,7 +300,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
         o.model.display(),
         cfg.n_layer,
         model.file.file_size() as f64 / 1e9,
-        o.numerics.name(),
+        o.cuda.numerics.name(),
         bytes_tok as f64 / 1e9,
     );
     print!("{report}");
