@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A = 5c09451 (bench-a); B = working tree (bench-b): Q8_0 GEMV rows per warp
+# 1 / 2 / 4 (--q8-rows), one-launch HC-pre. Same call, 8-layer flash-q2.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH DS4_KERNEL_CACHE=/tmp/ds4k
+mkdir -p /tmp/bin && for f in .device/r19/*.xz; do python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" $f /tmp/bin/$(basename $f .xz); done; chmod +x /tmp/bin/*
+B=/tmp/bin; O=$OUT/r; mkdir -p $O
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee $O/card.txt; date -u | tee -a $O/card.txt
+[ -f /dev/shm/m8.gguf ] || $B/bench-b synth --preset flash-q2 --layers 8 -o /dev/shm/m8.gguf > $O/synth.log 2>&1
+run() { local bin=$1 name=$2; shift 2; $bin run -m /dev/shm/m8.gguf --ctx 2048 --gen 32 --csv $O/$name.csv --breakdown $O/$name.md --deadline-s 60 "$@" > $O/$name.txt 2>&1; echo "$name rc=$? $(grep -E '^## ctx' $O/$name.md)"; }
+run $B/bench-a a
+run $B/bench-b b
+run $B/bench-b b_r1 --q8-rows 1
+run $B/bench-b b_r4 --q8-rows 4
+run $B/bench-a a2
+run $B/bench-b b2
+run $B/bench-b b_r1_2 --q8-rows 1
+run $B/bench-b b_r4_2 --q8-rows 4
+for f in a b b_r1 b_r4; do echo "== $f"; sed -n '/decode step, per kernel/,/total/p' $O/$f.md | grep -E "gemv_q8|hc_|total"; done
+for r in 1 2 4; do $B/bench-b products -m /dev/shm/m8.gguf --q8-rows $r > $O/products_r$r.md 2>&1; echo "products r$r rc=$?"; grep -E "attn|shared|head|all" $O/products_r$r.md; done
+cd $OUT && tar czf r.tgz r && rm -rf r
