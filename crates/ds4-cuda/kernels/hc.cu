@@ -338,12 +338,110 @@ extern "C" __global__ void hc_pre_finish(const float* __restrict__ part,
                  blockIdx.x);
 }
 
+// The finish of hc_pre_one with 4 streams, by a block of >= 64 threads
+// whose warps 1.. cover y in at most two float4 each: warp 0 forms the mix
+// (post, then Sinkhorn) while warps 1.. form y and its norm, synchronising
+// among themselves only (named barrier 1), so the launch ends at the later
+// of the two paths instead of after both. Every thread of warps 1.. loads
+// its x streams and norm weights before the partials it waits on, and
+// computes the four pre weights itself (the same operations as hc_values
+// and hc_pre_token). The RMS sum of squares is per thread, then per warp
+// (xor butterfly), then over warps in order.
+__device__ void hc_pre_last4(const float* __restrict__ part, const double* __restrict__ ss,
+                             int n_splits, const float* __restrict__ scale,
+                             const float* __restrict__ base, const float* __restrict__ x,
+                             float* __restrict__ mix, float* y, const float* __restrict__ norm,
+                             int d, int iters, float hc_eps, float rms_eps) {
+    constexpr int n = 4, n_mix = 2 * n + n * n;
+    __shared__ float mv[n_mix];
+    __shared__ float mixs[n + n * n];
+    __shared__ double red[32];
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int width = n * d;
+    if (warp == 0) {
+        double q = 0.0;
+        for (int s = 0; s < n_splits; s++) q += __ldcg(ss + s);
+        const float inv = rms_inv(q, width, rms_eps);
+        for (int r = n + lane; r < n_mix; r += DS4_WARP) {
+            float v = 0.0f;
+            for (int s = 0; s < n_splits; s++) v += __ldcg(part + r * n_splits + s);
+            mv[r] = v * inv;
+        }
+        __syncwarp();
+        if (lane < n) mixs[lane] = 2.0f * sigmoidf_ref(mv[n + lane] * scale[1] + base[n + lane]);
+        hc_mix_warp<4>(mv, scale, base, mixs, n, iters, hc_eps);
+        __syncwarp();
+        for (int k = lane; k < n + n * n; k += DS4_WARP) mix[k] = mixs[k];
+        return;
+    }
+    const int me = (int)threadIdx.x - DS4_WARP, nt = (int)blockDim.x - DS4_WARP;
+    const int nv = d / 4;
+    float4 xv[2][n], g[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int i = me + j * nt;
+        if (i < nv) {
+#pragma unroll
+            for (int h = 0; h < n; h++) xv[j][h] = ((const float4*)(x + (i64)h * d))[i];
+            g[j] = norm ? ((const float4*)norm)[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+        }
+    }
+    double q = 0.0;
+    for (int s = 0; s < n_splits; s++) q += __ldcg(ss + s);
+    const float inv = rms_inv(q, width, rms_eps);
+    float pre[n];
+#pragma unroll
+    for (int h = 0; h < n; h++) {
+        float v = 0.0f;
+        for (int s = 0; s < n_splits; s++) v += __ldcg(part + h * n_splits + s);
+        pre[h] = sigmoidf_ref(v * inv * scale[0] + base[h]) + hc_eps;
+    }
+    float4 yv[2];
+    double sq = 0.0;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        if (me + j * nt >= nv) continue;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int h = 0; h < n; h++) {
+            acc.x += pre[h] * xv[j][h].x;
+            acc.y += pre[h] * xv[j][h].y;
+            acc.z += pre[h] * xv[j][h].z;
+            acc.w += pre[h] * xv[j][h].w;
+        }
+        yv[j] = acc;
+        sq += (double)acc.x * (double)acc.x + (double)acc.y * (double)acc.y +
+              (double)acc.z * (double)acc.z + (double)acc.w * (double)acc.w;
+    }
+    float inv2 = 1.0f;
+    if (norm) {
+        for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(DS4_FULL_MASK, sq, o);
+        if (lane == 0) red[warp] = sq;
+        asm volatile("bar.sync 1, %0;" ::"r"(nt) : "memory");
+        double t = 0.0;
+        for (int w = 1; w < (int)blockDim.x / DS4_WARP; w++) t += red[w];
+        inv2 = rms_inv(t, d, rms_eps);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int i = me + j * nt;
+        if (i >= nv) continue;
+        float4 v = yv[j];
+        if (norm) {
+            v.x *= inv2; v.y *= inv2; v.z *= inv2; v.w *= inv2;
+            v.x *= g[j].x; v.y *= g[j].y; v.z *= g[j].z; v.w *= g[j].w;
+        }
+        ((float4*)y)[i] = v;
+    }
+}
+
 // HC-pre of one token in one launch (decode): blocks (row, split) form
-// hc_dots' partials (same code), and the block that finishes last, counted
-// on `done` (zero between launches: that block resets it), runs
-// hc_pre_token on them. Saves hc_pre_finish's launch and its wait for the
-// slowest dots block to drain through a kernel boundary.
-extern "C" __global__ void hc_pre_one(const u8* __restrict__ fn, const float* __restrict__ x,
+// hc_dots' partials, and the block that finishes last, counted on `done`
+// (zero between launches: that block resets it), finishes: hc_pre_last4
+// where its shape allows, else hc_pre_token. Saves hc_pre_finish's launch
+// and its wait for the slowest dots block to drain through a kernel
+// boundary.
+extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restrict__ fn, const float* __restrict__ x,
                                       int width, int n_rows, int n_splits,
                                       float* __restrict__ part, double* __restrict__ ss,
                                       unsigned int* done, const float* __restrict__ scale,
@@ -359,13 +457,31 @@ extern "C" __global__ void hc_pre_one(const u8* __restrict__ fn, const float* __
     if (threadIdx.x < DS4_WARP) prefetch_l2(w, (u64)len * 2, threadIdx.x);
     ds4_pdl_enter();
     const float* xt = x + k0;
+    // Four values per thread when they tile the split exactly (decode
+    // widths), else a strided loop.
+    const bool vec = len == 4 * (int)blockDim.x && (((u64)w | (u64)xt) & 15) == 0;
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
+    float4 xq;
+    if (vec) {
+        const uint2 wq = *(const uint2*)(w + 8 * threadIdx.x);
+        xq = ((const float4*)xt)[threadIdx.x];
+        acc = h2f((u16)(wq.x & 0xffff)) * xq.x;
+        acc += h2f((u16)(wq.x >> 16)) * xq.y;
+        acc += h2f((u16)(wq.y & 0xffff)) * xq.z;
+        acc += h2f((u16)(wq.y >> 16)) * xq.w;
+    } else {
+        for (int i = threadIdx.x; i < len; i += blockDim.x) acc += load_f16(w + 2 * i) * xt[i];
+    }
     acc = block_sum_f32(acc, scratch);
     if (threadIdx.x == 0) part[row * n_splits + sp] = acc;
     if (row == 0) {
         double q = 0.0;
-        for (int i = threadIdx.x; i < len; i += blockDim.x) q += (double)xt[i] * (double)xt[i];
+        if (vec) {
+            q = (double)xq.x * (double)xq.x + (double)xq.y * (double)xq.y +
+                (double)xq.z * (double)xq.z + (double)xq.w * (double)xq.w;
+        } else {
+            for (int i = threadIdx.x; i < len; i += blockDim.x) q += (double)xt[i] * (double)xt[i];
+        }
         q = block_sum_f64(q, dscratch);
         if (threadIdx.x == 0) ss[sp] = q;
     }
@@ -376,8 +492,14 @@ extern "C" __global__ void hc_pre_one(const u8* __restrict__ fn, const float* __
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
-    hc_pre_token(part, ss, n_splits, scale, base, x, mix, y, norm, d, n, iters, hc_eps, rms_eps,
-                 0);
+    const int nt = (int)blockDim.x - DS4_WARP;
+    const bool fast = n == 4 && nt >= DS4_WARP && (d & 3) == 0 && d / 4 <= 2 * nt &&
+                      (((u64)x | (u64)y | (u64)norm) & 15) == 0;
+    if (fast)
+        hc_pre_last4(part, ss, n_splits, scale, base, x, mix, y, norm, d, iters, hc_eps, rms_eps);
+    else
+        hc_pre_token(part, ss, n_splits, scale, base, x, mix, y, norm, d, n, iters, hc_eps,
+                     rms_eps, 0);
 }
 
 // The output head's pre-norm of one token per block: stream weights
