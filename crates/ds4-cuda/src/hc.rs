@@ -141,15 +141,10 @@ impl CudaBackend {
                 Arg::Ptr(self.addr(&w.scale)?),
                 Arg::Ptr(self.addr(&w.base)?),
                 Arg::Ptr(self.ptr(x)),
-                Arg::Ptr(self.gpu.ptr(&mix.buf)),
-                Arg::Ptr(self.ptr(&y)),
-                norm,
-                Arg::I32(d as i32),
-                Arg::I32(n as i32),
-                Arg::I32(cfg.sinkhorn_iters as i32),
-                Arg::F32(cfg.hc_eps),
-                Arg::F32(cfg.rms_eps),
-            ],
+            ]
+            .into_iter()
+            .chain(self.hc_pre_out_args(&mix, &y, norm))
+            .collect::<Vec<_>>(),
         )?;
         Ok((y, mix))
     }
@@ -198,17 +193,28 @@ impl CudaBackend {
                 Arg::Ptr(self.gpu.ptr(&self.hc_done)),
                 Arg::Ptr(self.addr(&w.scale)?),
                 Arg::Ptr(self.addr(&w.base)?),
-                Arg::Ptr(self.gpu.ptr(&mix.buf)),
-                Arg::Ptr(self.ptr(y)),
-                norm,
-                Arg::I32(d as i32),
-                Arg::I32(n as i32),
-                Arg::I32(cfg.sinkhorn_iters as i32),
-                Arg::F32(cfg.hc_eps),
-                Arg::F32(cfg.rms_eps),
-            ],
+            ]
+            .into_iter()
+            .chain(self.hc_pre_out_args(mix, y, norm))
+            .collect::<Vec<_>>(),
         )?;
         Ok(())
+    }
+
+    /// The last arguments of `hc_pre_finish` and `hc_pre_one`: where the mix
+    /// and y go, the norm weights, the shapes and constants.
+    fn hc_pre_out_args(&self, mix: &CudaMix, y: &CudaAct, norm: Arg) -> [Arg; 8] {
+        let cfg = &self.cfg;
+        [
+            Arg::Ptr(self.gpu.ptr(&mix.buf)),
+            Arg::Ptr(self.ptr(y)),
+            norm,
+            Arg::I32(cfg.d_model as i32),
+            Arg::I32(cfg.n_hc as i32),
+            Arg::I32(cfg.sinkhorn_iters as i32),
+            Arg::F32(cfg.hc_eps),
+            Arg::F32(cfg.rms_eps),
+        ]
     }
 
     pub(crate) fn hc_post_impl(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> Result<()> {
