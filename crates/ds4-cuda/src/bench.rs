@@ -422,112 +422,114 @@ pub fn decode_products(
         format!("{mats}{} {}x{}", m.ggml_type, m.n_rows, m.row_len)
     };
     type Job = Vec<(Mat, Items)>;
-    let layer_jobs = |layer: &ds4_model::weights::LayerWeights| -> Result<Vec<(&'static str, String, usize, Job)>> {
-    let at = &layer.attn;
-    let ffn = &layer.ffn;
-    let (qa, kv, qb) = (b.mat(&at.q_a)?, b.mat(&at.kv)?, b.mat(&at.q_b)?);
-    let (oa, ob) = (b.mat(&at.output_a)?, b.mat(&at.output_b)?);
-    let router = b.mat(&ffn.router)?;
-    let (mg, mu, md) = (
-        b.mat(&ffn.gate_exps)?,
-        b.mat(&ffn.up_exps)?,
-        b.mat(&ffn.down_exps)?,
-    );
-    let (sg, su, sd) = (
-        b.mat(&ffn.gate_shared)?,
-        b.mat(&ffn.up_shared)?,
-        b.mat(&ffn.down_shared)?,
-    );
-    let oa_all = oa.rows(0, groups * o_rank);
-    let mut jobs: Vec<(&'static str, String, usize, Job)> = vec![
-        (
-            "attn q_a + kv",
-            format!("{} + {}", what(&qa, 1), what(&kv, 1)),
-            bytes(&qa) + bytes(&kv),
-            vec![
-                (qa, plain(&x_d, qa.n_rows, py)),
-                (kv, plain(&x_d, kv.n_rows, py2)),
-            ],
-        ),
-        (
-            "attn q_b",
-            what(&qb, 1),
-            bytes(&qb),
-            vec![(qb, plain(&x_rank, qb.n_rows, py))],
-        ),
-        (
-            "attn output_a (grouped)",
-            what(&oa_all, 1),
-            bytes(&oa_all),
-            vec![(
-                oa_all,
-                Items {
-                    x_grp: Some((o_rank, heads / groups * hd)),
-                    ..plain(&x_o, oa_all.n_rows, py)
-                },
-            )],
-        ),
-        (
-            "attn output_b",
-            what(&ob, 1),
-            bytes(&ob),
-            vec![(ob, plain(&x_low, ob.n_rows, py))],
-        ),
-        (
-            "router",
-            what(&router, 1),
-            bytes(&router),
-            vec![(router, plain(&x_d, router.n_rows, py))],
-        ),
-        (
-            "routed gate + up",
-            format!("{} + {}", what(&mg, k), what(&mu, k)),
-            k * (bytes(&mg) + bytes(&mu)),
-            vec![
-                (mg, experts(mg, b.ptr(&x_d), d, k, py)),
-                (mu, experts(mu, b.ptr(&x_d), d, k, py2)),
-            ],
-        ),
-        (
-            "routed down",
-            what(&md, k),
-            k * bytes(&md),
-            vec![(md, experts(md, b.ptr(&x_ff), ff, 1, py))],
-        ),
-        (
-            "shared gate + up",
-            format!("{} + {}", what(&sg, 1), what(&su, 1)),
-            bytes(&sg) + bytes(&su),
-            vec![
-                (sg, plain(&x_d, sg.n_rows, py)),
-                (su, plain(&x_d, su.n_rows, py2)),
-            ],
-        ),
-        (
-            "shared down",
-            what(&sd, 1),
-            bytes(&sd),
-            vec![(sd, plain(&x_ff, sd.n_rows, py))],
-        ),
-        (
-            "output head",
-            what(&head, 1),
-            bytes(&head),
-            vec![(head, plain(&x_d, head.n_rows, py))],
-        ),
-    ];
-    if let Some(c) = &at.compressor {
-        let (ck, cg) = (b.mat(&c.kv)?, b.mat(&c.gate)?);
-        jobs.push((
-            "compressor kv + gate",
-            format!("{} + {}", what(&ck, 1), what(&cg, 1)),
-            bytes(&ck) + bytes(&cg),
-            vec![
-                (ck, plain(&x_d, ck.n_rows, py)),
-                (cg, plain(&x_d, cg.n_rows, py2)),
-            ],
-        ));
-    }
+    // (name, what, weight bytes, launches) of each product of a layer.
+    type Products = Vec<(&'static str, String, usize, Job)>;
+    let layer_jobs = |layer: &ds4_model::weights::LayerWeights| -> Result<Products> {
+        let at = &layer.attn;
+        let ffn = &layer.ffn;
+        let (qa, kv, qb) = (b.mat(&at.q_a)?, b.mat(&at.kv)?, b.mat(&at.q_b)?);
+        let (oa, ob) = (b.mat(&at.output_a)?, b.mat(&at.output_b)?);
+        let router = b.mat(&ffn.router)?;
+        let (mg, mu, md) = (
+            b.mat(&ffn.gate_exps)?,
+            b.mat(&ffn.up_exps)?,
+            b.mat(&ffn.down_exps)?,
+        );
+        let (sg, su, sd) = (
+            b.mat(&ffn.gate_shared)?,
+            b.mat(&ffn.up_shared)?,
+            b.mat(&ffn.down_shared)?,
+        );
+        let oa_all = oa.rows(0, groups * o_rank);
+        let mut jobs: Products = vec![
+            (
+                "attn q_a + kv",
+                format!("{} + {}", what(&qa, 1), what(&kv, 1)),
+                bytes(&qa) + bytes(&kv),
+                vec![
+                    (qa, plain(&x_d, qa.n_rows, py)),
+                    (kv, plain(&x_d, kv.n_rows, py2)),
+                ],
+            ),
+            (
+                "attn q_b",
+                what(&qb, 1),
+                bytes(&qb),
+                vec![(qb, plain(&x_rank, qb.n_rows, py))],
+            ),
+            (
+                "attn output_a (grouped)",
+                what(&oa_all, 1),
+                bytes(&oa_all),
+                vec![(
+                    oa_all,
+                    Items {
+                        x_grp: Some((o_rank, heads / groups * hd)),
+                        ..plain(&x_o, oa_all.n_rows, py)
+                    },
+                )],
+            ),
+            (
+                "attn output_b",
+                what(&ob, 1),
+                bytes(&ob),
+                vec![(ob, plain(&x_low, ob.n_rows, py))],
+            ),
+            (
+                "router",
+                what(&router, 1),
+                bytes(&router),
+                vec![(router, plain(&x_d, router.n_rows, py))],
+            ),
+            (
+                "routed gate + up",
+                format!("{} + {}", what(&mg, k), what(&mu, k)),
+                k * (bytes(&mg) + bytes(&mu)),
+                vec![
+                    (mg, experts(mg, b.ptr(&x_d), d, k, py)),
+                    (mu, experts(mu, b.ptr(&x_d), d, k, py2)),
+                ],
+            ),
+            (
+                "routed down",
+                what(&md, k),
+                k * bytes(&md),
+                vec![(md, experts(md, b.ptr(&x_ff), ff, 1, py))],
+            ),
+            (
+                "shared gate + up",
+                format!("{} + {}", what(&sg, 1), what(&su, 1)),
+                bytes(&sg) + bytes(&su),
+                vec![
+                    (sg, plain(&x_d, sg.n_rows, py)),
+                    (su, plain(&x_d, su.n_rows, py2)),
+                ],
+            ),
+            (
+                "shared down",
+                what(&sd, 1),
+                bytes(&sd),
+                vec![(sd, plain(&x_ff, sd.n_rows, py))],
+            ),
+            (
+                "output head",
+                what(&head, 1),
+                bytes(&head),
+                vec![(head, plain(&x_d, head.n_rows, py))],
+            ),
+        ];
+        if let Some(c) = &at.compressor {
+            let (ck, cg) = (b.mat(&c.kv)?, b.mat(&c.gate)?);
+            jobs.push((
+                "compressor kv + gate",
+                format!("{} + {}", what(&ck, 1), what(&cg, 1)),
+                bytes(&ck) + bytes(&cg),
+                vec![
+                    (ck, plain(&x_d, ck.n_rows, py)),
+                    (cg, plain(&x_d, cg.n_rows, py2)),
+                ],
+            ));
+        }
         Ok(jobs)
     };
     let per_layer = w

@@ -40,6 +40,18 @@ impl CudaBackend {
         Ok(x)
     }
 
+    /// The flat HC state's width, which the mix rows `func` must have (F16).
+    fn hc_width(&self, func: &Tensor) -> Result<usize> {
+        let width = self.cfg.n_hc * self.cfg.d_model;
+        if func.ggml_type != GgmlType::F16 || func.row_len() != width {
+            return Err(CudaError::Unsupported(format!(
+                "{}: HC mixing needs F16 rows of {width}",
+                func.name
+            )));
+        }
+        Ok(width)
+    }
+
     /// Split-k partial products of the `fn` rows with the flat HC state of
     /// `rows` tokens at `x`, and partial sums of squares (see `hc_dots`).
     fn hc_dots(
@@ -48,19 +60,10 @@ impl CudaBackend {
         x: u64,
         rows: usize,
     ) -> Result<(DevBuf<f32>, DevBuf<f64>, usize)> {
-        let width = self.cfg.n_hc * self.cfg.d_model;
+        let width = self.hc_width(func)?;
         let n_rows = func.n_rows();
-        if func.ggml_type != GgmlType::F16 || func.row_len() != width {
-            return Err(CudaError::Unsupported(format!(
-                "{}: HC mixing needs F16 rows of {width}",
-                func.name
-            )));
-        }
         // Splits of 1024 values keep ~400 blocks busy on the 24 mix rows.
-        let mut splits = (width / 1024).clamp(1, 32);
-        while !width.is_multiple_of(splits) {
-            splits -= 1;
-        }
+        let splits = hc_splits(width, 1024);
         let part = self.gpu.buf::<f32>(rows * n_rows * splits)?;
         let ss = self.gpu.buf::<f64>(rows * splits)?;
         if rows >= 8 {
@@ -160,21 +163,10 @@ impl CudaBackend {
         norm: Arg,
         threads: u32,
     ) -> Result<()> {
-        let cfg = &self.cfg;
-        let (n, d) = (cfg.n_hc, cfg.d_model);
-        let width = n * d;
         let func = &w.func;
-        if func.ggml_type != GgmlType::F16 || func.row_len() != width {
-            return Err(CudaError::Unsupported(format!(
-                "{}: HC mixing needs F16 rows of {width}",
-                func.name
-            )));
-        }
+        let width = self.hc_width(func)?;
         let n_rows = func.n_rows();
-        let mut splits = (width / (4 * threads as usize)).clamp(1, 32);
-        while !width.is_multiple_of(splits) {
-            splits -= 1;
-        }
+        let splits = hc_splits(width, 4 * threads as usize);
         let part = self.gpu.buf::<f32>(n_rows * splits)?;
         let ss = self.gpu.buf::<f64>(splits)?;
         self.gpu.launch(
@@ -284,4 +276,13 @@ impl CudaBackend {
         )?;
         self.download_act(&logits)
     }
+}
+
+/// Splits of about `per` values that divide `width` (1 to 32 of them).
+fn hc_splits(width: usize, per: usize) -> usize {
+    let mut splits = (width / per).clamp(1, 32);
+    while !width.is_multiple_of(splits) {
+        splits -= 1;
+    }
+    splits
 }
