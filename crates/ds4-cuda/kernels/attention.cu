@@ -167,6 +167,125 @@ extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_s
     }
 }
 
+// The same scores, register-tiled for long row lists: a block of 256
+// threads takes 64 heads x RB = 16 RT rows for tpb consecutive tokens.
+// Thread (hg, cg) keeps the dots of heads 4hg..4hg+3 with rows
+// RT cg..RT cg+RT-1 in registers, so one float4 of queries and RT/4 of
+// keys feed 4 RT products (index_scores spends ~4 instructions per product
+// on loads and predicates, this ~2.1). Same arithmetic in the same order:
+// each dot runs over i = 0..127 with separately rounded products, each
+// score sums its heads in order, so the results are bit-identical. The key
+// tile is read once per block (dim-major, RB wide) and serves all its
+// tokens; a token's queries are stored dim-major (64 wide) and that region
+// then holds the weighted products for the head sums (head-major, RB + 1
+// wide). Grid (ceil(visible_last / RB), ceil(T / tpb)); head_dim 128,
+// n_heads <= 64.
+template <int RT>
+__device__ __forceinline__ void index_scores_tile(float* __restrict__ scores, i64 scores_stride,
+                                                  const float* __restrict__ q,
+                                                  const float* __restrict__ w,
+                                                  const float* __restrict__ keys, int n_heads,
+                                                  float scale, int pos0, int ratio, int n_tokens,
+                                                  int tpb) {
+    constexpr int RB = 16 * RT;
+    constexpr int QP = 128 * 64 > 64 * (RB + 1) ? 128 * 64 : 64 * (RB + 1);
+    extern __shared__ float sm[];
+    float* kt = sm;             // 128 x RB
+    float* qt = kt + 128 * RB;  // 128 x 64, then the products 64 x (RB + 1)
+    float* wsc = qt + QP;       // 64
+    const int tid = threadIdx.x;
+    const int c0 = blockIdx.x * RB;
+    const int t0 = blockIdx.y * tpb;
+    const int t1 = min(n_tokens, t0 + tpb);
+    const int vis_max = (pos0 + t1) / ratio;
+    if (c0 >= vis_max) return;
+    for (int k = tid; k < RB * 32; k += blockDim.x) {
+        const int c = k % RB, i4 = k / RB;
+        const float4 v = c0 + c < vis_max ? *(const float4*)(keys + (i64)(c0 + c) * 128 + 4 * i4)
+                                          : make_float4(0, 0, 0, 0);
+        kt[(4 * i4 + 0) * RB + c] = v.x;
+        kt[(4 * i4 + 1) * RB + c] = v.y;
+        kt[(4 * i4 + 2) * RB + c] = v.z;
+        kt[(4 * i4 + 3) * RB + c] = v.w;
+    }
+    const int hg = tid & 15, cg = tid >> 4;
+    for (int t = t0; t < t1; t++) {
+        const int visible = (pos0 + t + 1) / ratio;
+        if (c0 >= visible) continue;  // the same for the whole block
+        __syncthreads();              // the previous token's head sums are done
+        for (int k = tid; k < 64 * 32; k += blockDim.x) {
+            const int h = k & 63, i4 = k >> 6;
+            const float4 v = h < n_heads ? *(const float4*)(q + ((i64)t * n_heads + h) * 128 + 4 * i4)
+                                         : make_float4(0, 0, 0, 0);
+            qt[(4 * i4 + 0) * 64 + h] = v.x;
+            qt[(4 * i4 + 1) * 64 + h] = v.y;
+            qt[(4 * i4 + 2) * 64 + h] = v.z;
+            qt[(4 * i4 + 3) * 64 + h] = v.w;
+        }
+        if (tid < 64) wsc[tid] = tid < n_heads ? __fmul_rn(w[(i64)t * n_heads + tid], scale) : 0.0f;
+        __syncthreads();
+        float d[4][RT];
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < RT; b++) d[a][b] = 0.0f;
+        const float* qp = qt + 4 * hg;
+        const float* kp = kt + RT * cg;
+#pragma unroll 2
+        for (int i = 0; i < 128; i++) {
+            const float4 qv = *(const float4*)(qp + i * 64);
+            const float qa[4] = {qv.x, qv.y, qv.z, qv.w};
+            float kv[RT];
+#pragma unroll
+            for (int b = 0; b < RT; b += 4) {
+                const float4 v = *(const float4*)(kp + i * RB + b);
+                kv[b] = v.x;
+                kv[b + 1] = v.y;
+                kv[b + 2] = v.z;
+                kv[b + 3] = v.w;
+            }
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int b = 0; b < RT; b++) d[a][b] = __fadd_rn(d[a][b], __fmul_rn(qa[a], kv[b]));
+        }
+        __syncthreads();  // every thread is done with qt
+        float* prod = qt;
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < RT; b++)
+                prod[(4 * hg + a) * (RB + 1) + RT * cg + b] =
+                    __fmul_rn(wsc[4 * hg + a], fmaxf(d[a][b], 0.0f));
+        __syncthreads();
+        for (int r = tid; r < RB; r += blockDim.x) {
+            if (c0 + r >= visible) continue;
+            float s = 0.0f;
+            for (int h = 0; h < n_heads; h++) s = __fadd_rn(s, prod[h * (RB + 1) + r]);
+            scores[(i64)t * scores_stride + c0 + r] = s;
+        }
+    }
+}
+
+// 128 rows per block (batches) and 64 (a decode step over many rows).
+extern "C" __global__ void __launch_bounds__(256)
+    index_scores_t8(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
+                    const float* __restrict__ w, const float* __restrict__ keys, int n_heads,
+                    float scale, int pos0, int ratio, int n_tokens, int tpb) {
+    ds4_pdl_enter();
+    index_scores_tile<8>(scores, scores_stride, q, w, keys, n_heads, scale, pos0, ratio, n_tokens,
+                         tpb);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    index_scores_t4(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
+                    const float* __restrict__ w, const float* __restrict__ keys, int n_heads,
+                    float scale, int pos0, int ratio, int n_tokens, int tpb) {
+    ds4_pdl_enter();
+    index_scores_tile<4>(scores, scores_stride, q, w, keys, n_heads, scale, pos0, ratio, n_tokens,
+                         tpb);
+}
+
 // A u32 whose unsigned order is the float order (-0 counts as +0).
 __device__ __forceinline__ u32 order_key(float v) {
     if (v == 0.0f) v = 0.0f;

@@ -10,6 +10,157 @@ use crate::kv::CudaKv;
 use crate::ops::{Items, BLOCK, WARPS};
 use crate::{CudaAct, CudaBackend, CudaSelection};
 
+/// Blocks a decode step's tiled indexer launch must fill before it
+/// replaces the one-row-per-warp kernel (about two per SM).
+const INDEX_TILED_MIN_BLOCKS: usize = 256;
+
+/// The indexer-score kernels. All three compute every score with the same
+/// operations in the same order (bit-identical); they differ in how the
+/// work is tiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexScoresKernel {
+    /// `index_scores`: one row per warp, 8 rows per block.
+    RowPerWarp,
+    /// `index_scores_t4`: 64 heads x 64 rows per block, one token.
+    Tiled64,
+    /// `index_scores_t8`: 64 heads x 128 rows per block, 4 tokens.
+    Tiled128,
+}
+
+impl IndexScoresKernel {
+    pub const ALL: [Self; 3] = [Self::RowPerWarp, Self::Tiled64, Self::Tiled128];
+
+    /// Batches and decode steps over many rows run a register-tiled kernel;
+    /// a decode step over fewer rows keeps one row per warp so that it
+    /// still spreads over the SMs.
+    fn for_batch(tokens: usize, visible_last: usize) -> Self {
+        if tokens >= 4 {
+            Self::Tiled128
+        } else if visible_last / 64 >= INDEX_TILED_MIN_BLOCKS {
+            Self::Tiled64
+        } else {
+            Self::RowPerWarp
+        }
+    }
+}
+
+/// Device addresses and sizes of one indexer-score launch: `scores` is
+/// `tokens x visible_last`; `q` holds `heads x 128` per token, `weights`
+/// `heads` per token; `keys` the compressed indexer rows.
+pub(crate) struct IndexScoresArgs {
+    pub scores: u64,
+    pub q: u64,
+    pub weights: u64,
+    pub keys: u64,
+    pub heads: usize,
+    pub scale: f32,
+    pub pos0: usize,
+    pub ratio: usize,
+    pub tokens: usize,
+    pub visible_last: usize,
+}
+
+impl CudaBackend {
+    /// Scores every visible indexer row of every token (entries past a
+    /// token's visible count are left unwritten).
+    pub(crate) fn index_scores(
+        &self,
+        kernel: IndexScoresKernel,
+        a: &IndexScoresArgs,
+    ) -> Result<()> {
+        let visible = a.visible_last as u32;
+        let (name, rows_per_block, tokens_per_block) = match kernel {
+            IndexScoresKernel::RowPerWarp => ("index_scores", 8, 1),
+            IndexScoresKernel::Tiled64 => ("index_scores_t4", 64, 1),
+            IndexScoresKernel::Tiled128 => ("index_scores_t8", 128, 4),
+        };
+        let grid = (
+            visible.div_ceil(rows_per_block),
+            (a.tokens as u32).div_ceil(tokens_per_block),
+            1,
+        );
+        let common = [
+            Arg::Ptr(a.scores),
+            Arg::I64(a.visible_last as i64),
+            Arg::Ptr(a.q),
+            Arg::Ptr(a.weights),
+            Arg::Ptr(a.keys),
+            Arg::I32(a.heads as i32),
+        ];
+        if kernel == IndexScoresKernel::RowPerWarp {
+            let smem = (a.heads * 129 + a.heads + 8 * 128) * 4;
+            let rest = [
+                Arg::I32(128),
+                Arg::F32(a.scale),
+                Arg::I32(a.pos0 as i32),
+                Arg::I32(a.ratio as i32),
+                Arg::I32(rows_per_block as i32),
+            ];
+            let args: Vec<Arg> = common.into_iter().chain(rest).collect();
+            return self.gpu.launch(name, grid, BLOCK, smem as u32, &args);
+        }
+        // Key tile (128 x rows), queries / head products, weights.
+        let rb = rows_per_block as usize;
+        let smem = (128 * rb + (128 * 64).max(64 * (rb + 1)) + 64) * 4;
+        let rest = [
+            Arg::F32(a.scale),
+            Arg::I32(a.pos0 as i32),
+            Arg::I32(a.ratio as i32),
+            Arg::I32(a.tokens as i32),
+            Arg::I32(tokens_per_block as i32),
+        ];
+        let args: Vec<Arg> = common.into_iter().chain(rest).collect();
+        self.gpu.launch(name, grid, 256, smem as u32, &args)
+    }
+}
+
+impl CudaBackend {
+    /// One indexer-score launch on host data (self-test: the kernels must
+    /// agree bit for bit). Returns `tokens x visible_last` scores with the
+    /// entries a kernel leaves unwritten set to NaN.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn index_scores_on_host_data(
+        &self,
+        kernel: IndexScoresKernel,
+        heads: usize,
+        pos0: usize,
+        ratio: usize,
+        q: &[f32],
+        weights: &[f32],
+        keys: &[f32],
+    ) -> Result<Vec<f32>> {
+        let tokens = weights.len() / heads;
+        let visible_last = (pos0 + tokens) / ratio;
+        if q.len() != tokens * heads * 128 || keys.len() < visible_last * 128 {
+            return Err(CudaError::Invalid(
+                "index_scores_on_host_data: sizes".into(),
+            ));
+        }
+        let scores = self.gpu.upload(&vec![f32::NAN; tokens * visible_last])?;
+        let (qd, wd, kd) = (
+            self.gpu.upload(q)?,
+            self.gpu.upload(weights)?,
+            self.gpu.upload(keys)?,
+        );
+        self.index_scores(
+            kernel,
+            &IndexScoresArgs {
+                scores: self.gpu.ptr(&scores),
+                q: self.gpu.ptr(&qd),
+                weights: self.gpu.ptr(&wd),
+                keys: self.gpu.ptr(&kd),
+                heads,
+                scale: 1.0 / ((heads * 128) as f32).sqrt(),
+                pos0,
+                ratio,
+                tokens,
+                visible_last,
+            },
+        )?;
+        self.gpu.download(&scores, tokens * visible_last)
+    }
+}
+
 /// Dynamic shared memory for `n` floats, plus one 16-byte slot: ptxas may
 /// hoist a 128-bit shared load of a loop's tail above its bounds check
 /// (seen in `attend` under compute-sanitizer), so the last chunk must exist.
@@ -338,27 +489,20 @@ impl CudaBackend {
                 "indexer of {heads} heads x {id} (at most 64 x 128)"
             )));
         }
-        // Rows per block: 8 (one per warp) for a decode step, so a few
-        // hundred rows still spread over the SMs; 64 for batches.
-        let rpb = if t < 4 { 8 } else { 64 };
-        self.gpu.launch(
-            "index_scores",
-            ((visible_last as u32).div_ceil(rpb), t as u32, 1),
-            BLOCK,
-            ((heads * 129 + heads + 8 * 128) * 4) as u32,
-            &[
-                Arg::Ptr(self.gpu.ptr(&scores)),
-                Arg::I64(visible_last as i64),
-                Arg::Ptr(self.ptr(&q)),
-                Arg::Ptr(self.ptr(&weights)),
-                Arg::Ptr(self.gpu.ptr(&rows.rows)),
-                Arg::I32(heads as i32),
-                Arg::I32(id as i32),
-                Arg::F32(scale),
-                Arg::I32(pos0 as i32),
-                Arg::I32(rows.ratio as i32),
-                Arg::I32(rpb as i32),
-            ],
+        self.index_scores(
+            IndexScoresKernel::for_batch(t, visible_last),
+            &IndexScoresArgs {
+                scores: self.gpu.ptr(&scores),
+                q: self.ptr(&q),
+                weights: self.ptr(&weights),
+                keys: self.gpu.ptr(&rows.rows),
+                heads,
+                scale,
+                pos0,
+                ratio: rows.ratio,
+                tokens: t,
+                visible_last,
+            },
         )?;
         // Rows of tokens that need no selection are never written: zero them
         // (only batches starting at or below the threshold have such tokens).

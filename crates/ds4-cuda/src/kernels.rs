@@ -78,6 +78,8 @@ pub const KERNELS: &[&str] = &[
     "index_q_prep",
     "rope_copy",
     "index_scores",
+    "index_scores_t8",
+    "index_scores_t4",
     "topk_select",
     "attend",
     "attend_part",

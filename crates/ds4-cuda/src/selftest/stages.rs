@@ -68,6 +68,7 @@ pub fn run(model: &Model, gpu: &mut CudaBackend, report: &mut Report) -> Res<()>
     formats(&mut c, report)?;
     simulations(&mut c, report)?;
     hyper_connections(&mut c, report)?;
+    index_kernels(&mut c, report)?;
     layers(&mut c, report, &Plan::TINY)
 }
 
@@ -125,6 +126,48 @@ fn layers(c: &mut Ctx, report: &mut Report, plan: &Plan) -> Res<()> {
     ffn(c, report, 0)?;
     if cfg.n_hash_layer < cfg.n_layer {
         ffn(c, report, cfg.n_hash_layer)?;
+    }
+    Ok(())
+}
+
+/// The three indexer-score kernels on the same random inputs: every written
+/// score bit-identical (the one-row-per-warp kernel is the one the stage
+/// checks compare with the CPU), at production widths and with a head
+/// count below 64, partial row tiles and token groups included.
+fn index_kernels(c: &mut Ctx, report: &mut Report) -> Res<()> {
+    use crate::attention::IndexScoresKernel;
+    // (heads, ratio, first position, tokens)
+    for (heads, ratio, pos0, tokens) in [(64, 4, 4093, 37), (64, 4, 69_999, 1), (17, 128, 300, 9)] {
+        let visible_last = (pos0 + tokens) / ratio;
+        let q = uniform(&mut c.rng, tokens * heads * 128, 1.0);
+        let w = uniform(&mut c.rng, tokens * heads, 1.0);
+        let keys = uniform(&mut c.rng, visible_last * 128, 1.0);
+        let runs = IndexScoresKernel::ALL
+            .iter()
+            .map(|&k| {
+                c.gpu
+                    .index_scores_on_host_data(k, heads, pos0, ratio, &q, &w, &keys)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Entries each token must have: rows below its visible count.
+        let mut written = 0usize;
+        let mut differ = 0usize;
+        for t in 0..tokens {
+            let visible = (pos0 + t + 1) / ratio;
+            for r in 0..visible {
+                let at = t * visible_last + r;
+                let bits = runs[0][at].to_bits();
+                written += 1;
+                if runs[0][at].is_nan() || runs[1..].iter().any(|run| run[at].to_bits() != bits) {
+                    differ += 1;
+                }
+            }
+        }
+        report.push(
+            format!("index_scores kernels ({heads} heads, {tokens} tok)"),
+            format!("{differ} of {written} scores differ between the 3 kernels (or unwritten)"),
+            differ == 0 && written > 0,
+        );
     }
     Ok(())
 }
