@@ -813,6 +813,162 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     }
 }
 
+// Attention of a batch (prefill), 32 heads of one token per block, so the
+// heads share every key load (attend_part reads each key once per 8 heads
+// and computes a dot per warp with a butterfly). Three phases:
+// (1) S = scale * q.k for every key, register-tiled: thread (hg, cg) holds
+//     heads 4hg..4hg+3 against keys 2cg, 2cg+1 of a 64-key tile; keys are
+//     staged row-major in 128-dim chunks, the queries dim-major; each dot
+//     runs over the dims in order;
+// (2) per head (a warp takes 4): m = max(sink, S), S <- e^(S-m) and
+//     den = e^(sink-m) + sum e (lane-strided, then a butterfly);
+// (3) o = sum_c e_c k_c in key order over 16-key tiles of whole rows; warp w
+//     owns heads 4w..4w+3, lane l dims 4l + 128j; out = o / den.
+// Grid (ceil(n_heads / 32), T), 256 threads; head_dim a multiple of 128, at
+// most 512; s_stride >= the most keys of any token.
+extern "C" __global__ void __launch_bounds__(256)
+    attend_heads(float* __restrict__ out, const float* __restrict__ q,
+                 const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp,
+                 int ratio, const int* __restrict__ sel, int top_k,
+                 const float* __restrict__ sinks, int n_heads, int head_dim, int window,
+                 int pos0, float scale, int s_stride) {
+    ds4_pdl_enter();
+    extern __shared__ float sm[];
+    const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
+    const int h0 = blockIdx.x * 32, t = blockIdx.y;
+    const int p = pos0 + t;
+    const int first = max(0, p + 1 - window);
+    const int n_raw = p - first + 1;
+    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
+    const bool use_sel = sel != 0 && visible > top_k;
+    const int n_keys = n_raw + (use_sel ? top_k : visible);
+    const int nj = head_dim / 128;
+    float* qt = sm;                     // head_dim x 32, dim-major
+    float* ks = qt + head_dim * 32;     // 64 x 132, then 16 x (head_dim + 4)
+    float* S = ks + 64 * 132;           // 32 x s_stride
+    float* den = S + 32 * s_stride;     // 32
+#define DS4_AKEY(kk)                                                                      \
+    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
+                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+    for (int k = tid; k < 8 * head_dim; k += blockDim.x) {
+        const int h = k % 32, i4 = k / 32;
+        const float4 v = h0 + h < n_heads
+                             ? *(const float4*)(q + ((i64)t * n_heads + h0 + h) * head_dim + 4 * i4)
+                             : make_float4(0, 0, 0, 0);
+        qt[(4 * i4 + 0) * 32 + h] = v.x;
+        qt[(4 * i4 + 1) * 32 + h] = v.y;
+        qt[(4 * i4 + 2) * 32 + h] = v.z;
+        qt[(4 * i4 + 3) * 32 + h] = v.w;
+    }
+    // (1) scores
+    const int hg = tid % 8, cg = tid / 8;
+    for (int kt = 0; kt < n_keys; kt += 64) {
+        float acc[4][2];
+#pragma unroll
+        for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = 0.0f;
+        for (int dc = 0; dc < nj; dc++) {
+            __syncthreads();
+            for (int k = tid; k < 64 * 32; k += blockDim.x) {
+                const int c = k / 32, i4 = k % 32;
+                *(float4*)(ks + c * 132 + 4 * i4) =
+                    kt + c < n_keys ? *(const float4*)(DS4_AKEY(kt + c) + dc * 128 + 4 * i4)
+                                    : make_float4(0, 0, 0, 0);
+            }
+            __syncthreads();
+            const float* qp = qt + dc * 128 * 32 + 4 * hg;
+            const float* k0 = ks + 2 * cg * 132;
+#pragma unroll 2
+            for (int i = 0; i < 128; i += 4) {
+                const float4 ka = *(const float4*)(k0 + i);
+                const float4 kb = *(const float4*)(k0 + 132 + i);
+                const float ka4[4] = {ka.x, ka.y, ka.z, ka.w};
+                const float kb4[4] = {kb.x, kb.y, kb.z, kb.w};
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const float4 qv = *(const float4*)(qp + (i + r) * 32);
+                    const float q4[4] = {qv.x, qv.y, qv.z, qv.w};
+#pragma unroll
+                    for (int a = 0; a < 4; a++) {
+                        acc[a][0] = fmaf(q4[a], ka4[r], acc[a][0]);
+                        acc[a][1] = fmaf(q4[a], kb4[r], acc[a][1]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+            for (int b = 0; b < 2; b++)
+                if (kt + 2 * cg + b < n_keys) S[(4 * hg + a) * s_stride + kt + 2 * cg + b] = acc[a][b] * scale;
+    }
+    __syncthreads();
+    // (2) softmax weights
+    for (int a = 0; a < 4; a++) {
+        const int hl = 4 * warp + a;
+        float* sh = S + hl * s_stride;
+        const float sink = sinks[min(h0 + hl, n_heads - 1)];
+        float m = sink;
+        for (int c = lane; c < n_keys; c += DS4_WARP) m = fmaxf(m, sh[c]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < n_keys; c += DS4_WARP) {
+            const float e = expf(sh[c] - m);
+            sh[c] = e;
+            l += e;
+        }
+        l = warp_sum(l);
+        if (lane == 0) den[hl] = expf(sink - m) + l;
+    }
+    // (3) weighted sum of the keys
+    float4 o[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) o[a][j] = make_float4(0, 0, 0, 0);
+    const int rs = head_dim + 4, f4 = head_dim / 4;
+    const float* sw = S + 4 * warp * s_stride;
+    for (int kt = 0; kt < n_keys; kt += 16) {
+        const int nk = min(16, n_keys - kt);
+        __syncthreads();
+        for (int k = tid; k < nk * f4; k += blockDim.x) {
+            const int c = k / f4, i4 = k % f4;
+            *(float4*)(ks + c * rs + 4 * i4) = *(const float4*)(DS4_AKEY(kt + c) + 4 * i4);
+        }
+        __syncthreads();
+        for (int c = 0; c < nk; c++) {
+            float e[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) e[a] = sw[a * s_stride + kt + c];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (j < nj) {
+                    const float4 kv = *(const float4*)(ks + c * rs + 128 * j + 4 * lane);
+#pragma unroll
+                    for (int a = 0; a < 4; a++) {
+                        o[a][j].x = fmaf(e[a], kv.x, o[a][j].x);
+                        o[a][j].y = fmaf(e[a], kv.y, o[a][j].y);
+                        o[a][j].z = fmaf(e[a], kv.z, o[a][j].z);
+                        o[a][j].w = fmaf(e[a], kv.w, o[a][j].w);
+                    }
+                }
+            }
+        }
+    }
+#undef DS4_AKEY
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+        const int h = h0 + 4 * warp + a;
+        if (h >= n_heads) continue;
+        const float d = den[4 * warp + a];
+        float* oh = out + ((i64)t * n_heads + h) * head_dim;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (j < nj)
+                *(float4*)(oh + 128 * j + 4 * lane) =
+                    make_float4(o[a][j].x / d, o[a][j].y / d, o[a][j].z / d, o[a][j].w / d);
+    }
+}
+
 // Folds the chunks of attend_part, in chunk order: M = max_c m_c,
 // den = e^(sink-M) + sum_c l_c e^(m_c-M), out = sum_c e^(m_c-M) o_c / den.
 // Grid (heads, T); a thread per 4 dims.

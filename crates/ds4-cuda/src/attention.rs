@@ -578,6 +578,40 @@ impl CudaBackend {
         let sel_ptr = sel.map_or(NULL, |s| Arg::Ptr(self.gpu.ptr(s)));
         let sinks_ptr = Arg::Ptr(self.addr(sinks)?);
         let scale = 1.0 / (hd as f32).sqrt();
+        // A batch: 32 heads of a token per block, every key's scores held in
+        // shared memory (rows padded so the score stores spread over banks).
+        let s_stride = max_keys.next_multiple_of(8) + 2;
+        let heads_smem = ((hd * 32 + 64 * 132 + 32 * s_stride + 32) * 4 + 16) as u32;
+        if t >= 4
+            && hd % 128 == 0
+            && hd <= 512
+            && heads_smem as usize <= self.gpu.max_shared_bytes()
+        {
+            self.gpu.launch(
+                "attend_heads",
+                (heads.div_ceil(32) as u32, t as u32, 1),
+                256,
+                heads_smem,
+                &[
+                    Arg::Ptr(self.ptr(&out)),
+                    Arg::Ptr(self.ptr(q)),
+                    Arg::Ptr(self.gpu.ptr(&l.raw)),
+                    Arg::I32(l.raw_capacity as i32),
+                    Arg::Ptr(comp),
+                    Arg::I32(ratio as i32),
+                    sel_ptr,
+                    Arg::I32(cfg.indexer_top_k as i32),
+                    sinks_ptr,
+                    Arg::I32(heads as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(cfg.sliding_window as i32),
+                    Arg::I32(pos0 as i32),
+                    Arg::F32(scale),
+                    Arg::I32(s_stride as i32),
+                ],
+            )?;
+            return Ok(out);
+        }
         // Warps (heads) per block, and keys per chunk: a decode step splits
         // the keys so that ~2 blocks per SM share the work; a batch runs one
         // chunk per (head group, token).

@@ -230,6 +230,11 @@ impl Gpu {
         })
     }
 
+    /// The most dynamic shared memory one block may use (after opting in).
+    pub fn max_shared_bytes(&self) -> usize {
+        self.max_smem_optin
+    }
+
     /// `(free, total)` device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         Ok(self.ctx.mem_get_info()?)

@@ -83,6 +83,7 @@ pub const KERNELS: &[&str] = &[
     "topk_select",
     "attend",
     "attend_part",
+    "attend_heads",
     "attend_combine",
     "route",
     "swiglu",
