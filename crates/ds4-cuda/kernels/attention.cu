@@ -126,7 +126,7 @@ extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_s
     extern __shared__ float sm[];
     float* qs = sm;                              // n_heads x 129
     float* ws = qs + n_heads * 129;              // n_heads
-    float* ks = ws + n_heads;                    // 8 warps x 128
+    float* ks = sm + ((n_heads * 130 + 3) & ~3); // 8 warps x 128 (16-byte aligned)
     const int t = blockIdx.y;
     const int visible = (pos0 + t + 1) / ratio;
     const int c0 = blockIdx.x * rpb;
@@ -824,6 +824,9 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
 //     den = e^(sink-m) + sum e (lane-strided, then a butterfly);
 // (3) o = sum_c e_c k_c in key order over 16-key tiles of whole rows; warp w
 //     owns heads 4w..4w+3, lane l dims 4l + 128j; out = o / den.
+// Every tile's keys are fetched into registers while the previous tile is
+// computed (one block of 8 warps fills an SM's shared memory, so nothing
+// else would hide the load latency).
 // Grid (ceil(n_heads / 32), T), 256 threads; head_dim a multiple of 128, at
 // most 512; s_stride >= the most keys of any token.
 extern "C" __global__ void __launch_bounds__(256)
@@ -860,47 +863,79 @@ extern "C" __global__ void __launch_bounds__(256)
         qt[(4 * i4 + 2) * 32 + h] = v.z;
         qt[(4 * i4 + 3) * 32 + h] = v.w;
     }
-    // (1) scores
+    // (1) scores. Step st stages dims [128 dc, 128 dc + 128) of the keys
+    // [64 i, 64 i + 64), i = st / nj, dc = st % nj; each thread fetches its
+    // 8 float4 of the next step into registers before computing this one.
     const int hg = tid % 8, cg = tid / 8;
-    for (int kt = 0; kt < n_keys; kt += 64) {
-        float acc[4][2];
+    const int n_steps = (n_keys + 63) / 64 * nj;
+    float4 pre[8];
+#define DS4_AH_FETCH_SCORES(st)                                                           \
+    {                                                                                     \
+        const int kt_ = (st) / nj * 64, dc_ = (st) % nj;                                  \
+        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
+            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;                \
+            pre[r] = kt_ + c < n_keys                                                     \
+                         ? *(const float4*)(DS4_AKEY(kt_ + c) + dc_ * 128 + 4 * i4)      \
+                         : make_float4(0, 0, 0, 0);                                       \
+        }                                                                                 \
+    }
+    DS4_AH_FETCH_SCORES(0);
+    float acc[4][2];
+    for (int st = 0; st < n_steps; st++) {
+        const int kt = st / nj * 64, dc = st % nj;
+        if (dc == 0) {
 #pragma unroll
-        for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = 0.0f;
-        for (int dc = 0; dc < nj; dc++) {
-            __syncthreads();
-            for (int k = tid; k < 64 * 32; k += blockDim.x) {
-                const int c = k / 32, i4 = k % 32;
-                *(float4*)(ks + c * 132 + 4 * i4) =
-                    kt + c < n_keys ? *(const float4*)(DS4_AKEY(kt + c) + dc * 128 + 4 * i4)
-                                    : make_float4(0, 0, 0, 0);
-            }
-            __syncthreads();
-            const float* qp = qt + dc * 128 * 32 + 4 * hg;
-            const float* k0 = ks + 2 * cg * 132;
+            for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;
+            *(float4*)(ks + c * 132 + 4 * i4) = pre[r];
+        }
+        __syncthreads();
+        if (st + 1 < n_steps) DS4_AH_FETCH_SCORES(st + 1);
+        const float* qp = qt + dc * 128 * 32 + 4 * hg;
+        const float* k0 = ks + 2 * cg * 132;
 #pragma unroll 2
-            for (int i = 0; i < 128; i += 4) {
-                const float4 ka = *(const float4*)(k0 + i);
-                const float4 kb = *(const float4*)(k0 + 132 + i);
-                const float ka4[4] = {ka.x, ka.y, ka.z, ka.w};
-                const float kb4[4] = {kb.x, kb.y, kb.z, kb.w};
+        for (int i = 0; i < 128; i += 4) {
+            const float4 ka = *(const float4*)(k0 + i);
+            const float4 kb = *(const float4*)(k0 + 132 + i);
+            const float ka4[4] = {ka.x, ka.y, ka.z, ka.w};
+            const float kb4[4] = {kb.x, kb.y, kb.z, kb.w};
 #pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const float4 qv = *(const float4*)(qp + (i + r) * 32);
-                    const float q4[4] = {qv.x, qv.y, qv.z, qv.w};
+            for (int r = 0; r < 4; r++) {
+                const float4 qv = *(const float4*)(qp + (i + r) * 32);
+                const float q4[4] = {qv.x, qv.y, qv.z, qv.w};
 #pragma unroll
-                    for (int a = 0; a < 4; a++) {
-                        acc[a][0] = fmaf(q4[a], ka4[r], acc[a][0]);
-                        acc[a][1] = fmaf(q4[a], kb4[r], acc[a][1]);
-                    }
+                for (int a = 0; a < 4; a++) {
+                    acc[a][0] = fmaf(q4[a], ka4[r], acc[a][0]);
+                    acc[a][1] = fmaf(q4[a], kb4[r], acc[a][1]);
                 }
             }
         }
+        if (dc == nj - 1) {
 #pragma unroll
-        for (int a = 0; a < 4; a++)
+            for (int a = 0; a < 4; a++)
 #pragma unroll
-            for (int b = 0; b < 2; b++)
-                if (kt + 2 * cg + b < n_keys) S[(4 * hg + a) * s_stride + kt + 2 * cg + b] = acc[a][b] * scale;
+                for (int b = 0; b < 2; b++)
+                    if (kt + 2 * cg + b < n_keys)
+                        S[(4 * hg + a) * s_stride + kt + 2 * cg + b] = acc[a][b] * scale;
+        }
     }
+#undef DS4_AH_FETCH_SCORES
+    // The first tile of (3) is fetched while (2) runs: 16 keys of head_dim,
+    // hd / 64 float4 per thread.
+    const int f4 = head_dim / 4, per = head_dim / 64;
+#define DS4_AH_FETCH_ROWS(kt)                                                             \
+    {                                                                                     \
+        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
+            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;                \
+            if (r < per && (kt) + c < n_keys)                                             \
+                pre[r] = *(const float4*)(DS4_AKEY((kt) + c) + 4 * i4);                   \
+        }                                                                                 \
+    }
+    DS4_AH_FETCH_ROWS(0);
     __syncthreads();
     // (2) softmax weights
     for (int a = 0; a < 4; a++) {
@@ -925,16 +960,18 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int a = 0; a < 4; a++)
 #pragma unroll
         for (int j = 0; j < 4; j++) o[a][j] = make_float4(0, 0, 0, 0);
-    const int rs = head_dim + 4, f4 = head_dim / 4;
+    const int rs = head_dim + 4;
     const float* sw = S + 4 * warp * s_stride;
     for (int kt = 0; kt < n_keys; kt += 16) {
         const int nk = min(16, n_keys - kt);
         __syncthreads();
-        for (int k = tid; k < nk * f4; k += blockDim.x) {
-            const int c = k / f4, i4 = k % f4;
-            *(float4*)(ks + c * rs + 4 * i4) = *(const float4*)(DS4_AKEY(kt + c) + 4 * i4);
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;
+            if (r < per && c < nk) *(float4*)(ks + c * rs + 4 * i4) = pre[r];
         }
         __syncthreads();
+        if (kt + 16 < n_keys) DS4_AH_FETCH_ROWS(kt + 16);
         for (int c = 0; c < nk; c++) {
             float e[4];
 #pragma unroll
@@ -954,6 +991,7 @@ extern "C" __global__ void __launch_bounds__(256)
             }
         }
     }
+#undef DS4_AH_FETCH_ROWS
 #undef DS4_AKEY
 #pragma unroll
     for (int a = 0; a < 4; a++) {

@@ -1,14 +1,20 @@
 // Weight rows times a batch of activation rows on the tensor cores (prefill).
 //
 // A block computes a tile of 128 weight rows x 64 items, 32 values of k at a
-// time (one "slab"). Quantised weights are exact small integers in bf16
+// time (one "slab"). Quantised weights are exact small integers in f16
 // (Q8_0 -128..127, IQ2_XXS +-{8,25,43}, Q2_K 0..3, Q4_K 0..15) with a scale
 // (and, for the K formats, a min) per row and half slab; F16 weights are
-// used as they are with f16 products. Activations are split into three
-// 16-bit parts, x = hi + mid + lo (24 significant bits), so every product
-// the tensor cores add is exact and the result has f32 accuracy:
+// used as they are. Each item's 16 values of a half slab are scaled by a
+// power of two 2^e that puts their largest magnitude in [2^14, 2^15) and
+// split into two f16 parts, x 2^e = hi + lo, which keep 22 significant bits
+// of the largest value (an error of at most 2^-22 of it per value; smaller
+// values lose only what lies below that). The tensor cores add exact
+// products in f32, the half-slab sum is scaled back by 2^-e (exact):
 //
-//   y = sum over half slabs h: scale_h * (Wq_h . x_h) - min_h * sum(x_h)
+//   y = sum over half slabs h: scale_h * 2^-e_h * (Wq_h . (hi_h + lo_h)) - min_h * sum(x_h)
+//
+// (Three bf16 parts, x = hi + mid + lo with all 24 bits, cost 1.5x the
+// tensor work and the splitting; docs/bench r26 compares the two.)
 //
 // mma.sync m16n8k16 (f32 accumulate); 8 warps as 4 (rows) x 2 (items), a
 // warp owns 32 x 32 outputs. Each output is one fixed-order sum, so results
@@ -23,11 +29,17 @@
 #define MT_N 64
 #define MT_LD 40  // 16-bit values per smem row: 32 + 8 of padding (no bank conflicts)
 
+// x_parts: the activations as gemm_split_x left them, indexed like x:
+// hi (f16) at [0, n), lo (f16) at [n, 2n); x_scales: per 16 values 2^-e at
+// [0, n/16) and the sum of the raw values at [n/16, n/8).
 struct GemmJob {
     const u8* w;
     u64 mat_bytes;
     u64 row_bytes;
-    const float* x;
+    const u16* x_hi;
+    const u16* x_lo;
+    const float* x_inv;
+    const float* x_sum;
     i64 x_stride;
     float* y;
     i64 y_stride;
@@ -46,35 +58,35 @@ struct GemmJobs {
     GemmJob j[2];
 };
 
-__device__ __forceinline__ u32 bf16_bits(float f) {
-    u16 h;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-__device__ __forceinline__ float bf16_value(u32 h) { return __uint_as_float(h << 16); }
-
 __device__ __forceinline__ u32 pack16(u32 lo, u32 hi) { return (lo & 0xffff) | (hi << 16); }
 
-// bf16 bits of a small integer (exact).
-__device__ __forceinline__ u32 bf16_int(int v) { return __float_as_uint((float)v) >> 16; }
+// f16 bits of a small integer (exact).
+__device__ __forceinline__ u32 f16_int(int v) { return f2h((float)v); }
 
-// Slab decoders: 8 consecutive values (part p of slab s) of a row into
-// o[0..3] (pairs, lower k in the low half); part 0 also writes the scales
-// and mins of the two half slabs.
+// Slab decoders, in two steps so that a slab's weight loads are in flight
+// while the previous slab is multiplied: `fetch` only loads (the raw words
+// of part p of slab s of a row: its 8 consecutive values, and for part 0
+// the scale words), `decode` turns them into o[0..3] (f16 pairs, lower k in
+// the low half) and, for part 0, the scales and mins of the two half slabs.
 struct MmaQ8_0 {
-    static constexpr bool F16 = false, MINS = false;
+    static constexpr bool MINS = false;
     static constexpr int BLK = 32;
-    static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn, const u64* grid) {
+    struct Raw {
+        u32 q[4], d;
+    };
+    static __device__ __forceinline__ void fetch(const u8* row, int B, int s, int p, Raw& r) {
         const u16* q = (const u16*)(row + 32 * s + 8 * p);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 v = q[i];
-            o[i] = pack16(bf16_int((signed char)(v & 0xff)), bf16_int((signed char)(v >> 8)));
-        }
+        for (int i = 0; i < 4; i++) r.q[i] = q[i];
+        r.d = p == 0 ? *(const u16*)(row + 32 * B + 2 * s) : 0;
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
+                                                  float* mn, const u64* grid) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            o[i] = pack16(f16_int((signed char)(r.q[i] & 0xff)), f16_int((signed char)(r.q[i] >> 8)));
         if (p == 0) {
-            const float d = load_f16(row + 32 * B + 2 * s);
+            const float d = h2f((u16)r.d);
             sc[0] = d;
             sc[1] = d;
         }
@@ -82,25 +94,32 @@ struct MmaQ8_0 {
 };
 
 struct MmaIQ2XXS {
-    static constexpr bool F16 = false, MINS = false;
+    static constexpr bool MINS = false;
     static constexpr int BLK = 256;
-    static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn, const u64* grid) {
+    struct Raw {
+        u32 h[4], d;  // the group's 8 bytes as u16 halves (66-byte blocks)
+    };
+    static __device__ __forceinline__ void fetch(const u8* row, int B, int s, int p, Raw& r) {
         const int b = s >> 3, g = s & 7;
-        const u8* qs = row + 64 * b + 8 * g;
-        const u32 a0 = load_u32_a2(qs), a1 = load_u32_a2(qs + 4);
+        const u16* qs = (const u16*)(row + 64 * b + 8 * g);
+#pragma unroll
+        for (int i = 0; i < 4; i++) r.h[i] = qs[i];
+        r.d = p == 0 ? *(const u16*)(row + 64 * B + 2 * b) : 0;
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
+                                                  float* mn, const u64* grid) {
+        const u32 a0 = r.h[0] | (r.h[1] << 16), a1 = r.h[2] | (r.h[3] << 16);
         const u64 gr = grid[(a0 >> (8 * p)) & 0xff];
         const u32 sg = ksigns_iq2xs((a1 >> (7 * p)) & 127);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int k0 = 2 * i, k1 = 2 * i + 1;
             const int v0 = (int)((gr >> (8 * k0)) & 0xff), v1 = (int)((gr >> (8 * k1)) & 0xff);
-            o[i] = pack16(bf16_int(((sg >> k0) & 1) ? -v0 : v0),
-                          bf16_int(((sg >> k1) & 1) ? -v1 : v1));
+            o[i] = pack16(f16_int(((sg >> k0) & 1) ? -v0 : v0),
+                          f16_int(((sg >> k1) & 1) ? -v1 : v1));
         }
         if (p == 0) {
-            const float d = load_f16(row + 64 * B + 2 * b);
-            const float db = d * (0.5f + (float)(a1 >> 28)) * 0.25f;
+            const float db = h2f((u16)r.d) * (0.5f + (float)(a1 >> 28)) * 0.25f;
             sc[0] = db;
             sc[1] = db;
         }
@@ -108,64 +127,89 @@ struct MmaIQ2XXS {
 };
 
 struct MmaQ2K {
-    static constexpr bool F16 = false, MINS = true;
+    static constexpr bool MINS = true;
     static constexpr int BLK = 256;
-    static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn, const u64* grid) {
+    struct Raw {
+        u32 w0, w1, s0, s1, d, dmin;
+    };
+    static __device__ __forceinline__ void fetch(const u8* row, int B, int s, int p, Raw& r) {
         const int b = s >> 3, e0 = (s & 7) * 32;
         const int h = e0 >> 7, j = (e0 & 127) >> 5;
         const u8* blk = row + 80 * b;
-        const u32 w0 = *(const u32*)(blk + 32 * h + 8 * p);
-        const u32 w1 = *(const u32*)(blk + 32 * h + 8 * p + 4);
+        r.w0 = *(const u32*)(blk + 32 * h + 8 * p);
+        r.w1 = *(const u32*)(blk + 32 * h + 8 * p + 4);
+        if (p == 0) {
+            const u16* dd = (const u16*)(row + 80 * B + 4 * b);
+            r.d = dd[0];
+            r.dmin = dd[1];
+            r.s0 = blk[64 + 8 * h + 2 * j];
+            r.s1 = blk[64 + 8 * h + 2 * j + 1];
+        }
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
+                                                  float* mn, const u64* grid) {
+        const int j = (((s & 7) * 32) & 127) >> 5;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const u32 w = i < 2 ? w0 : w1;
+            const u32 w = i < 2 ? r.w0 : r.w1;
             const int sh = 16 * (i & 1);
             const int q0 = (int)((w >> (sh + 2 * j)) & 3);
             const int q1 = (int)((w >> (sh + 8 + 2 * j)) & 3);
-            o[i] = pack16(bf16_int(q0), bf16_int(q1));
+            o[i] = pack16(f16_int(q0), f16_int(q1));
         }
         if (p == 0) {
-            const u8* dd = row + 80 * B + 4 * b;
-            const float d = load_f16(dd), dmin = load_f16(dd + 2);
-            const int s0 = blk[64 + 8 * h + 2 * j], s1 = blk[64 + 8 * h + 2 * j + 1];
-            sc[0] = d * (float)(s0 & 15);
-            mn[0] = dmin * (float)(s0 >> 4);
-            sc[1] = d * (float)(s1 & 15);
-            mn[1] = dmin * (float)(s1 >> 4);
+            const float d = h2f((u16)r.d), dmin = h2f((u16)r.dmin);
+            sc[0] = d * (float)(r.s0 & 15);
+            mn[0] = dmin * (float)(r.s0 >> 4);
+            sc[1] = d * (float)(r.s1 & 15);
+            mn[1] = dmin * (float)(r.s1 >> 4);
         }
     }
 };
 
 struct MmaQ4K {
-    static constexpr bool F16 = false, MINS = true;
+    static constexpr bool MINS = true;
     static constexpr int BLK = 256;
-    static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn, const u64* grid) {
+    struct Raw {
+        u32 w0, w1, b0, b1, b2, d, dmin;
+    };
+    static __device__ __forceinline__ void fetch(const u8* row, int B, int s, int p, Raw& r) {
         const int b = s >> 3, sb = s & 7;
         const u8* blk = row + 144 * b;
-        const u32 w0 = *(const u32*)(blk + 16 + 32 * (sb >> 1) + 8 * p);
-        const u32 w1 = *(const u32*)(blk + 16 + 32 * (sb >> 1) + 8 * p + 4);
+        r.w0 = *(const u32*)(blk + 16 + 32 * (sb >> 1) + 8 * p);
+        r.w1 = *(const u32*)(blk + 16 + 32 * (sb >> 1) + 8 * p + 4);
+        if (p == 0) {
+            const u8* sx = blk + 4;
+            r.b0 = sx[sb];
+            r.b1 = sx[sb + 4];
+            r.b2 = sb >= 4 ? sx[sb - 4] : 0;
+            r.d = *(const u16*)blk;
+            r.dmin = *(const u16*)(blk + 2);
+        }
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
+                                                  float* mn, const u64* grid) {
+        const int sb = s & 7;
         const int shift = (sb & 1) ? 4 : 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const u32 w = i < 2 ? w0 : w1;
+            const u32 w = i < 2 ? r.w0 : r.w1;
             const int sh = 16 * (i & 1);
             const int q0 = (int)((w >> (sh + shift)) & 15);
             const int q1 = (int)((w >> (sh + 8 + shift)) & 15);
-            o[i] = pack16(bf16_int(q0), bf16_int(q1));
+            o[i] = pack16(f16_int(q0), f16_int(q1));
         }
         if (p == 0) {
-            const u8* sx = blk + 4;
+            // b0 = scales[sb], b1 = scales[sb + 4], b2 = scales[sb - 4] (sb >= 4).
             int scv, m;
             if (sb < 4) {
-                scv = sx[sb] & 63;
-                m = sx[sb + 4] & 63;
+                scv = r.b0 & 63;
+                m = r.b1 & 63;
             } else {
-                scv = (sx[sb + 4] & 0xf) | ((sx[sb - 4] >> 6) << 4);
-                m = (sx[sb + 4] >> 4) | ((sx[sb] >> 6) << 4);
+                scv = (r.b1 & 0xf) | ((r.b2 >> 6) << 4);
+                m = (r.b1 >> 4) | ((r.b0 >> 6) << 4);
             }
-            const float d = load_f16(blk), dmin = load_f16(blk + 2);
+            const float d = h2f((u16)r.d), dmin = h2f((u16)r.dmin);
             sc[0] = sc[1] = d * (float)scv;
             mn[0] = mn[1] = dmin * (float)m;
         }
@@ -173,15 +217,20 @@ struct MmaQ4K {
 };
 
 struct MmaF16 {
-    static constexpr bool F16 = true, MINS = false;
+    static constexpr bool MINS = false;
     static constexpr int BLK = 1;
-    static __device__ __forceinline__ void load(const u8* row, int B, int s, int p, u32* o,
-                                                float* sc, float* mn, const u64* grid) {
-        const uint4 v = *(const uint4*)(row + 2 * (32 * s + 8 * p));
-        o[0] = v.x;
-        o[1] = v.y;
-        o[2] = v.z;
-        o[3] = v.w;
+    struct Raw {
+        uint4 v;
+    };
+    static __device__ __forceinline__ void fetch(const u8* row, int B, int s, int p, Raw& r) {
+        r.v = *(const uint4*)(row + 2 * (32 * s + 8 * p));
+    }
+    static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
+                                                  float* mn, const u64* grid) {
+        o[0] = r.v.x;
+        o[1] = r.v.y;
+        o[2] = r.v.z;
+        o[3] = r.v.w;
         if (p == 0) {
             sc[0] = 1.0f;
             sc[1] = 1.0f;
@@ -189,46 +238,107 @@ struct MmaF16 {
     }
 };
 
-// x -> three 16-bit parts (bf16 or f16 bits) with x = a + b + c.
-template <bool F16>
-__device__ __forceinline__ void split3(float x, u32& a, u32& b, u32& c) {
-    if (F16) {
-        a = f2h(x);
-        const float r = x - h2f((u16)a);
-        b = f2h(r);
-        c = f2h(r - h2f((u16)b));
-    } else {
-        a = bf16_bits(x);
-        const float r = x - bf16_value(a);
-        b = bf16_bits(r);
-        c = bf16_bits(r - bf16_value(b));
-    }
+// x (already scaled into f16 range) -> two f16 parts with x ~ a + b.
+__device__ __forceinline__ void split2(float x, u32& a, u32& b) {
+    a = f2h(x);
+    b = f2h(x - h2f((u16)a));
 }
 
-template <bool F16>
+// 2^e (-126 <= e <= 127) as an f32.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+// Every 16-value group of rows x width of x (row stride x_stride, all
+// multiples of 16): the power of two 2^e that puts the group's largest
+// magnitude in [2^14, 2^15) (e = 126 for all-zero and subnormal groups,
+// kept in [-126, 126]; inf and NaN pass through), the two f16 parts of
+// x 2^e, 2^-e, and the sum of the raw values (two halves of 8 in order,
+// then their sum; used by the formats with mins). One thread per group.
+extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_stride, int width,
+                                        int rows, u16* __restrict__ hi, u16* __restrict__ lo,
+                                        float* __restrict__ inv, float* __restrict__ sum) {
+    ds4_pdl_enter();
+    const int gpr = width / 16;
+    const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= (i64)rows * gpr) return;
+    const i64 at = g / gpr * x_stride + g % gpr * 16;
+    float v[16];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float4 f = *(const float4*)(x + at + 4 * i);
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+    }
+    float mx = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) mx = fmaxf(mx, fabsf(v[i]));
+    const int ex = (__float_as_int(mx) >> 23) & 0xff;
+    const int e = mx == 0.0f ? 126 : max(-126, min(126, 14 - (ex - 127)));
+    const float up = pow2f(e);
+    u32 h[16], l[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) split2(v[i] * up, h[i], l[i]);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        *(uint4*)(hi + at + 8 * i) = make_uint4(pack16(h[8 * i], h[8 * i + 1]), pack16(h[8 * i + 2], h[8 * i + 3]),
+                                                pack16(h[8 * i + 4], h[8 * i + 5]), pack16(h[8 * i + 6], h[8 * i + 7]));
+        *(uint4*)(lo + at + 8 * i) = make_uint4(pack16(l[8 * i], l[8 * i + 1]), pack16(l[8 * i + 2], l[8 * i + 3]),
+                                                pack16(l[8 * i + 4], l[8 * i + 5]), pack16(l[8 * i + 6], l[8 * i + 7]));
+    }
+    float s0 = v[0], s1 = v[8];
+#pragma unroll
+    for (int i = 1; i < 8; i++) {
+        s0 += v[i];
+        s1 += v[8 + i];
+    }
+    inv[at / 16] = pow2f(-e);
+    sum[at / 16] = s0 + s1;
+}
+
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
                                          u32 b1) {
-    if (F16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u64 a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+
+// Asynchronous global -> shared copies of `n` bytes (16 or 8); `valid`
+// false writes zeros (the source is not read).
+template <int N>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(smem_u32(dst)), "l"(src),
+                 "n"(N), "r"(valid ? N : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Per slab: the block's x parts (and scales, sums) arrive by cp.async into
+// one of two buffers while the other is multiplied, and every thread's
+// weight words of the next slab are loaded into registers before this
+// slab's products; they are decoded into shared memory at the top of the
+// next iteration.
 template <class Fmt>
 __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     __shared__ __align__(16) u16 wq[MT_M * MT_LD];
-    __shared__ __align__(16) u16 xp[3][MT_N * MT_LD];
+    __shared__ __align__(16) u16 xp[2][2][MT_N * MT_LD];  // buffer, part
+    __shared__ __align__(16) float xinv[2][MT_N][2];      // buffer, item, half slab
+    __shared__ __align__(16) float xsum[2][MT_N][2];
     __shared__ float wsc[MT_M][2], wmn[MT_M][2];
-    __shared__ float xsum[MT_N][2];
     __shared__ i64 xoff[MT_N], yoff[MT_N];
     __shared__ int s_len;
     __shared__ u64 sgrid[256];  // the IQ2_XXS grid (read by that format only)
@@ -269,61 +379,71 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             for (int c = 0; c < 4; c++) acc[a][b][c] = 0.0f;
     __syncthreads();
 
+    // This thread's two weight tasks (row, part) and x copies.
+    const u8* wrow[2];
+    int wr_r[2], wr_p[2];
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+        const int task = tid + 256 * q;
+        wr_r[q] = task >> 2;
+        wr_p[q] = task & 3;
+        wrow[q] = base + (u64)min(row0 + wr_r[q], J.n_rows - 1) * J.row_bytes;
+    }
+    const int x_it = tid >> 2, x_p = tid & 3;
+    const bool x_valid = x_it < s_len;
+    const i64 x_at = xoff[x_it];
+    // Slab s of x into buffer b: 64 items x 4 parts of 8 values x 2 f16
+    // parts (one 16-byte copy each per thread), and the 2 x 64 scales and
+    // sums (8-byte copies by threads 0..127).
+#define DS4_STAGE_X(s, b)                                                                       \
+    {                                                                                          \
+        const i64 e0 = x_at + 32 * (s) + 8 * x_p;                                               \
+        cp_async<16>(xp[b][0] + x_it * MT_LD + 8 * x_p, J.x_hi + e0, x_valid);                 \
+        cp_async<16>(xp[b][1] + x_it * MT_LD + 8 * x_p, J.x_lo + e0, x_valid);                 \
+        if (tid < 2 * MT_N) {                                                                   \
+            const int it2 = tid & (MT_N - 1);                                                   \
+            const i64 g2 = (xoff[it2] + 32 * (s)) / 16;                                         \
+            const bool v2 = it2 < s_len;                                                        \
+            if (tid < MT_N) cp_async<8>(&xinv[b][it2][0], J.x_inv + g2, v2);                    \
+            else cp_async<8>(&xsum[b][it2][0], J.x_sum + g2, v2);                               \
+        }                                                                                      \
+    }
+    typename Fmt::Raw raw[2];
     const int n_slabs = J.row_len / 32;
+    DS4_STAGE_X(0, 0);
+    cp_async_commit();
+#pragma unroll
+    for (int q = 0; q < 2; q++) Fmt::fetch(wrow[q], B, 0, wr_p[q], raw[q]);
     for (int s = 0; s < n_slabs; s++) {
-        // Weights: 128 rows x 4 parts, two per thread.
+        const int cur = s & 1;
+        // Weights of slab s: decode (the previous products are done).
 #pragma unroll
         for (int q = 0; q < 2; q++) {
-            const int task = tid + 256 * q;
-            const int r = task >> 2, p = task & 3;
-            const int rr = min(row0 + r, J.n_rows - 1);
             u32 o[4];
-            Fmt::load(base + (u64)rr * J.row_bytes, B, s, p, o, wsc[r], wmn[r], sgrid);
-            *(uint4*)(wq + r * MT_LD + 8 * p) = make_uint4(o[0], o[1], o[2], o[3]);
+            Fmt::decode(raw[q], s, wr_p[q], o, wsc[wr_r[q]], wmn[wr_r[q]], sgrid);
+            *(uint4*)(wq + wr_r[q] * MT_LD + 8 * wr_p[q]) = make_uint4(o[0], o[1], o[2], o[3]);
         }
-        // Activations: 64 items x 4 parts of 8, one per thread, split in three.
-        {
-            const int it = tid >> 2, p = tid & 3;
-            float v[8];
-            if (it < s_len) {
-                const float* xs = J.x + xoff[it] + 32 * s + 8 * p;
-                const float4 a = *(const float4*)xs, b = *(const float4*)(xs + 4);
-                v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-                v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[i] = 0.0f;
-            }
-            u32 h[8], m[8], l[8];
-#pragma unroll
-            for (int i = 0; i < 8; i++) split3<Fmt::F16>(v[i], h[i], m[i], l[i]);
-            *(uint4*)(xp[0] + it * MT_LD + 8 * p) =
-                make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]), pack16(h[4], h[5]),
-                           pack16(h[6], h[7]));
-            *(uint4*)(xp[1] + it * MT_LD + 8 * p) =
-                make_uint4(pack16(m[0], m[1]), pack16(m[2], m[3]), pack16(m[4], m[5]),
-                           pack16(m[6], m[7]));
-            *(uint4*)(xp[2] + it * MT_LD + 8 * p) =
-                make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]), pack16(l[4], l[5]),
-                           pack16(l[6], l[7]));
-            if (Fmt::MINS) {
-                float sum = v[0];
-#pragma unroll
-                for (int i = 1; i < 8; i++) sum += v[i];
-                sum += __shfl_xor_sync(DS4_FULL_MASK, sum, 1);
-                if ((p & 1) == 0) xsum[it][p >> 1] = sum;
-            }
+        if (s + 1 < n_slabs) {
+            DS4_STAGE_X(s + 1, cur ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
+        if (s + 1 < n_slabs) {
+#pragma unroll
+            for (int q = 0; q < 2; q++) Fmt::fetch(wrow[q], B, s + 1, wr_p[q], raw[q]);
+        }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int kb = 16 * h + 2 * t4;
-            u32 bf[3][4][2];
+            u32 bf[2][4][2];
 #pragma unroll
-            for (int sp = 0; sp < 3; sp++)
+            for (int sp = 0; sp < 2; sp++)
 #pragma unroll
                 for (int nb = 0; nb < 4; nb++) {
-                    const u16* xr = xp[sp] + (wc * 32 + nb * 8 + g) * MT_LD;
+                    const u16* xr = xp[cur][sp] + (wc * 32 + nb * 8 + g) * MT_LD;
                     bf[sp][nb][0] = *(const u32*)(xr + kb);
                     bf[sp][nb][1] = *(const u32*)(xr + kb + 8);
                 }
@@ -340,33 +460,38 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
 #pragma unroll
                     for (int c = 0; c < 4; c++) tmp[nb][c] = 0.0f;
 #pragma unroll
-                for (int sp = 0; sp < 3; sp++)
+                for (int sp = 0; sp < 2; sp++)
 #pragma unroll
                     for (int nb = 0; nb < 4; nb++)
-                        mma16816<Fmt::F16>(tmp[nb], a0, a1, a2, a3, bf[sp][nb][0],
-                                           bf[sp][nb][1]);
+                        mma16816(tmp[nb], a0, a1, a2, a3, bf[sp][nb][0], bf[sp][nb][1]);
                 const float s0 = wsc[rb + g][h], s8 = wsc[rb + g + 8][h];
 #pragma unroll
                 for (int nb = 0; nb < 4; nb++) {
+                    // The half-slab sums of this thread's two items, scaled
+                    // back by 2^-e (exact).
+                    const int i0 = wc * 32 + nb * 8 + 2 * t4;
+                    const float u0 = xinv[cur][i0][h], u1 = xinv[cur][i0 + 1][h];
+                    const float d0 = tmp[nb][0] * u0, d1 = tmp[nb][1] * u1;
+                    const float d2 = tmp[nb][2] * u0, d3 = tmp[nb][3] * u1;
                     if (Fmt::MINS) {
-                        const int i0 = wc * 32 + nb * 8 + 2 * t4;
                         const float m0 = wmn[rb + g][h], m8 = wmn[rb + g + 8][h];
-                        const float x0 = xsum[i0][h], x1 = xsum[i0 + 1][h];
-                        acc[mi][nb][0] += s0 * tmp[nb][0] - m0 * x0;
-                        acc[mi][nb][1] += s0 * tmp[nb][1] - m0 * x1;
-                        acc[mi][nb][2] += s8 * tmp[nb][2] - m8 * x0;
-                        acc[mi][nb][3] += s8 * tmp[nb][3] - m8 * x1;
+                        const float x0 = xsum[cur][i0][h], x1 = xsum[cur][i0 + 1][h];
+                        acc[mi][nb][0] += s0 * d0 - m0 * x0;
+                        acc[mi][nb][1] += s0 * d1 - m0 * x1;
+                        acc[mi][nb][2] += s8 * d2 - m8 * x0;
+                        acc[mi][nb][3] += s8 * d3 - m8 * x1;
                     } else {
-                        acc[mi][nb][0] = fmaf(s0, tmp[nb][0], acc[mi][nb][0]);
-                        acc[mi][nb][1] = fmaf(s0, tmp[nb][1], acc[mi][nb][1]);
-                        acc[mi][nb][2] = fmaf(s8, tmp[nb][2], acc[mi][nb][2]);
-                        acc[mi][nb][3] = fmaf(s8, tmp[nb][3], acc[mi][nb][3]);
+                        acc[mi][nb][0] = fmaf(s0, d0, acc[mi][nb][0]);
+                        acc[mi][nb][1] = fmaf(s0, d1, acc[mi][nb][1]);
+                        acc[mi][nb][2] = fmaf(s8, d2, acc[mi][nb][2]);
+                        acc[mi][nb][3] = fmaf(s8, d3, acc[mi][nb][3]);
                     }
                 }
             }
         }
         __syncthreads();
     }
+#undef DS4_STAGE_X
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll

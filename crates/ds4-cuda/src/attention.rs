@@ -88,7 +88,8 @@ impl CudaBackend {
             Arg::I32(a.heads as i32),
         ];
         if kernel == IndexScoresKernel::RowPerWarp {
-            let smem = (a.heads * 129 + a.heads + 8 * 128) * 4;
+            // Queries (rows of 129) and weights, padded to 16 bytes; keys.
+            let smem = ((a.heads * 130).next_multiple_of(4) + 8 * 128) * 4;
             let rest = [
                 Arg::I32(128),
                 Arg::F32(a.scale),

@@ -53,6 +53,7 @@ pub const KERNELS: &[&str] = &[
     "gemm_q2_k",
     "gemm_q4_k",
     "gemm_f16",
+    "gemm_split_x",
     "expert_count",
     "expert_tiles",
     "expert_place",

@@ -136,7 +136,10 @@ struct GemmJob {
     w: u64,
     mat_bytes: u64,
     row_bytes: u64,
-    x: u64,
+    x_hi: u64,
+    x_lo: u64,
+    x_inv: u64,
+    x_sum: u64,
     x_stride: i64,
     y: u64,
     y_stride: i64,
@@ -159,6 +162,36 @@ struct GemmJobs {
 
 // SAFETY: #[repr(C)] plain old data mirroring `GemmJobs` of gemm.cu.
 unsafe impl DeviceRepr for GemmJobs {}
+
+/// Values per activation row a GEMM job reads: the row length, plus the
+/// shifts of the grouped output projection's later groups.
+fn split_width(m: &Mat, it: &Items) -> usize {
+    match it.x_grp {
+        Some((grp_rows, stride)) => (m.n_rows / grp_rows - 1) * stride + m.row_len,
+        None => m.row_len,
+    }
+}
+
+/// Activations split for the GEMM (`gemm_split_x`).
+struct SplitX {
+    x: u64,
+    stride: usize,
+    rows: usize,
+    width: usize,
+    elems: usize,
+    parts: DevBuf<f32>,
+    scales: DevBuf<f32>,
+}
+
+impl SplitX {
+    /// Whether this split holds everything the job's items read.
+    fn covers(&self, m: &Mat, it: &Items) -> bool {
+        self.x == it.x
+            && self.stride == it.x_stride
+            && self.rows >= it.n.div_ceil(it.x_div)
+            && self.width >= split_width(m, it)
+    }
+}
 
 /// Routed-expert items grouped by expert on the device (see gemm.cu).
 pub struct ExpertTiles {
@@ -234,12 +267,14 @@ fn gemm_kernel(m: &Mat, its: &[Items]) -> Option<&'static str> {
     let ok = m.row_len.is_multiple_of(32)
         && m.addr.is_multiple_of(16)
         && its.iter().all(|it| {
+            // gemm_split_x works on groups of 16 values and the kernel
+            // copies a half slab's scale pair with one 8-byte copy.
             it.add.is_none()
                 && it.x % 16 == 0
-                && it.x_stride % 4 == 0
+                && it.x_stride % 32 == 0
                 && it
                     .x_grp
-                    .is_none_or(|(r, s)| r % GEMM_TILE_ROWS == 0 && s % 4 == 0)
+                    .is_none_or(|(r, s)| r % GEMM_TILE_ROWS == 0 && s % 32 == 0)
         });
     if !ok {
         return None;
@@ -473,19 +508,74 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The activations of a GEMM job as `gemm_split_x` leaves them: f16
+    /// parts (hi, lo) and per-16 scales and sums, indexed like `it.x`.
+    /// Covers the values the job's items read: `⌈n / x_div⌉` rows of the
+    /// row length plus the group shifts.
+    fn split_x(&self, m: &Mat, it: &Items) -> Result<SplitX> {
+        let rows = it.n.div_ceil(it.x_div);
+        let width = split_width(m, it);
+        let elems = rows * it.x_stride;
+        // hi and lo as u16 in one f32-sized buffer; scales then sums.
+        let parts = self.gpu.buf::<f32>(elems)?;
+        let scales = self.gpu.buf::<f32>(elems / 8)?;
+        let (pp, sp) = (self.gpu.ptr(&parts), self.gpu.ptr(&scales));
+        self.gpu.launch(
+            "gemm_split_x",
+            (((rows * width / 16) as u32).div_ceil(BLOCK), 1, 1),
+            BLOCK,
+            0,
+            &[
+                Arg::Ptr(it.x),
+                Arg::I64(it.x_stride as i64),
+                Arg::I32(width as i32),
+                Arg::I32(rows as i32),
+                Arg::Ptr(pp),
+                Arg::Ptr(offset::<u16>(pp, elems)),
+                Arg::Ptr(sp),
+                Arg::Ptr(offset::<f32>(sp, elems / 16)),
+            ],
+        )?;
+        Ok(SplitX {
+            x: it.x,
+            stride: it.x_stride,
+            rows,
+            width,
+            elems,
+            parts,
+            scales,
+        })
+    }
+
     /// Up to two products of one format through the tensor-core kernel;
     /// with `tiles`, the items come from a routed-expert tile table.
     fn gemm(&self, kernel: &str, jobs: &[(Mat, Items)], tiles: Option<&ExpertTiles>) -> Result<()> {
         let mut js = GemmJobs::default();
+        // Jobs reading the same activations share one split.
+        let mut splits: Vec<SplitX> = Vec::new();
+        for (m, it) in jobs {
+            if !splits.iter().any(|sx| sx.covers(m, it)) {
+                splits.push(self.split_x(m, it)?);
+            }
+        }
         let mut grid_x = 0usize;
         let mut grid_y = 0usize;
         for (k, (m, it)) in jobs.iter().enumerate() {
             let (grp_rows, grp_stride) = it.x_grp.unwrap_or((i32::MAX as usize, 0));
+            let sx = splits
+                .iter()
+                .find(|sx| sx.covers(m, it))
+                .ok_or_else(|| CudaError::Invalid("gemm: activations not split".into()))?;
+            let (parts, scales, elems) =
+                (self.gpu.ptr(&sx.parts), self.gpu.ptr(&sx.scales), sx.elems);
             js.j[k] = GemmJob {
                 w: m.addr,
                 mat_bytes: m.mat_bytes as u64,
                 row_bytes: m.row_bytes as u64,
-                x: it.x,
+                x_hi: parts,
+                x_lo: offset::<u16>(parts, elems),
+                x_inv: scales,
+                x_sum: offset::<f32>(scales, elems / 16),
                 x_stride: it.x_stride as i64,
                 y: it.y,
                 y_stride: it.y_stride as i64,
