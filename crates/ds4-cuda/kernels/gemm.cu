@@ -4,14 +4,14 @@
 // time (one "slab"). Quantised weights are exact small integers in f16
 // (Q8_0 -128..127, IQ2_XXS +-{8,25,43}, Q2_K 0..3, Q4_K 0..15) with a scale
 // (and, for the K formats, a min) per row and half slab; F16 weights are
-// used as they are. Each item's 16 values of a half slab are scaled by a
-// power of two 2^e that puts their largest magnitude in [2^14, 2^15) and
-// split into two f16 parts, x 2^e = hi + lo, which keep 22 significant bits
-// of the largest value (an error of at most 2^-22 of it per value; smaller
+// used as they are. Each item's 32 values of a slab are scaled by a power
+// of two 2^e that puts their largest magnitude in [2^14, 2^15) and split
+// into two f16 parts, x 2^e = hi + lo, which keep 22 significant bits of
+// the largest value (an error of at most 2^-22 of it per value; smaller
 // values lose only what lies below that). The tensor cores add exact
-// products in f32, the half-slab sum is scaled back by 2^-e (exact):
+// products in f32, each half-slab sum is scaled back by 2^-e (exact):
 //
-//   y = sum over half slabs h: scale_h * 2^-e_h * (Wq_h . (hi_h + lo_h)) - min_h * sum(x_h)
+//   y = sum over half slabs h: scale_h * 2^-e * (Wq_h . (hi_h + lo_h)) - min_h * sum(x_h)
 //
 // (Three bf16 parts, x = hi + mid + lo with all 24 bits, cost 1.5x the
 // tensor work and the splitting; docs/bench r26 compares the two.)
@@ -29,9 +29,9 @@
 #define MT_N 64
 #define MT_LD 40  // 16-bit values per smem row: 32 + 8 of padding (no bank conflicts)
 
-// x_parts: the activations as gemm_split_x left them, indexed like x:
-// hi (f16) at [0, n), lo (f16) at [n, 2n); x_scales: per 16 values 2^-e at
-// [0, n/16) and the sum of the raw values at [n/16, n/8).
+// The activations as gemm_split_x leaves them, indexed like x: the f16
+// parts hi and lo, per 32 values 2^-e (x_inv), per 16 the sum of the raw
+// values (x_sum).
 struct GemmJob {
     const u8* w;
     u64 mat_bytes;
@@ -247,23 +247,24 @@ __device__ __forceinline__ void split2(float x, u32& a, u32& b) {
 // 2^e (-126 <= e <= 127) as an f32.
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
-// Every 16-value group of rows x width of x (row stride x_stride, all
-// multiples of 16): the power of two 2^e that puts the group's largest
+// Every 32-value group of rows x width of x (row stride x_stride, all
+// multiples of 32): the power of two 2^e that puts the group's largest
 // magnitude in [2^14, 2^15) (e = 126 for all-zero and subnormal groups,
 // kept in [-126, 126]; inf and NaN pass through), the two f16 parts of
-// x 2^e, 2^-e, and the sum of the raw values (two halves of 8 in order,
-// then their sum; used by the formats with mins). One thread per group.
+// x 2^e, 2^-e, and for each half the sum of its raw values (two runs of 8
+// in order, then their sum; used by the formats with mins). One thread per
+// group.
 extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_stride, int width,
                                         int rows, u16* __restrict__ hi, u16* __restrict__ lo,
                                         float* __restrict__ inv, float* __restrict__ sum) {
     ds4_pdl_enter();
-    const int gpr = width / 16;
+    const int gpr = width / 32;
     const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= (i64)rows * gpr) return;
-    const i64 at = g / gpr * x_stride + g % gpr * 16;
-    float v[16];
+    const i64 at = g / gpr * x_stride + g % gpr * 32;
+    float v[32];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 8; i++) {
         const float4 f = *(const float4*)(x + at + 4 * i);
         v[4 * i] = f.x;
         v[4 * i + 1] = f.y;
@@ -272,28 +273,31 @@ extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_strid
     }
     float mx = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 16; i++) mx = fmaxf(mx, fabsf(v[i]));
+    for (int i = 0; i < 32; i++) mx = fmaxf(mx, fabsf(v[i]));
     const int ex = (__float_as_int(mx) >> 23) & 0xff;
     const int e = mx == 0.0f ? 126 : max(-126, min(126, 14 - (ex - 127)));
     const float up = pow2f(e);
-    u32 h[16], l[16];
 #pragma unroll
-    for (int i = 0; i < 16; i++) split2(v[i] * up, h[i], l[i]);
+    for (int c = 0; c < 4; c++) {
+        u32 h[8], l[8];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        *(uint4*)(hi + at + 8 * i) = make_uint4(pack16(h[8 * i], h[8 * i + 1]), pack16(h[8 * i + 2], h[8 * i + 3]),
-                                                pack16(h[8 * i + 4], h[8 * i + 5]), pack16(h[8 * i + 6], h[8 * i + 7]));
-        *(uint4*)(lo + at + 8 * i) = make_uint4(pack16(l[8 * i], l[8 * i + 1]), pack16(l[8 * i + 2], l[8 * i + 3]),
-                                                pack16(l[8 * i + 4], l[8 * i + 5]), pack16(l[8 * i + 6], l[8 * i + 7]));
+        for (int i = 0; i < 8; i++) split2(v[8 * c + i] * up, h[i], l[i]);
+        *(uint4*)(hi + at + 8 * c) = make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]),
+                                                pack16(h[4], h[5]), pack16(h[6], h[7]));
+        *(uint4*)(lo + at + 8 * c) = make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]),
+                                                pack16(l[4], l[5]), pack16(l[6], l[7]));
     }
-    float s0 = v[0], s1 = v[8];
+    inv[at / 32] = pow2f(-e);
 #pragma unroll
-    for (int i = 1; i < 8; i++) {
-        s0 += v[i];
-        s1 += v[8 + i];
+    for (int hh = 0; hh < 2; hh++) {
+        float s0 = v[16 * hh], s1 = v[16 * hh + 8];
+#pragma unroll
+        for (int i = 1; i < 8; i++) {
+            s0 += v[16 * hh + i];
+            s1 += v[16 * hh + 8 + i];
+        }
+        sum[at / 16 + hh] = s0 + s1;
     }
-    inv[at / 16] = pow2f(-e);
-    sum[at / 16] = s0 + s1;
 }
 
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
@@ -336,7 +340,7 @@ template <class Fmt>
 __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     __shared__ __align__(16) u16 wq[MT_M * MT_LD];
     __shared__ __align__(16) u16 xp[2][2][MT_N * MT_LD];  // buffer, part
-    __shared__ __align__(16) float xinv[2][MT_N][2];      // buffer, item, half slab
+    __shared__ __align__(16) float xinv[2][MT_N];         // buffer, item
     __shared__ __align__(16) float xsum[2][MT_N][2];
     __shared__ float wsc[MT_M][2], wmn[MT_M][2];
     __shared__ i64 xoff[MT_N], yoff[MT_N];
@@ -393,8 +397,8 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     const bool x_valid = x_it < s_len;
     const i64 x_at = xoff[x_it];
     // Slab s of x into buffer b: 64 items x 4 parts of 8 values x 2 f16
-    // parts (one 16-byte copy each per thread), and the 2 x 64 scales and
-    // sums (8-byte copies by threads 0..127).
+    // parts (one 16-byte copy each per thread), the 64 scales (threads
+    // 0..63) and the 64 pairs of half-slab sums (threads 64..127).
 #define DS4_STAGE_X(s, b)                                                                       \
     {                                                                                          \
         const i64 e0 = x_at + 32 * (s) + 8 * x_p;                                               \
@@ -404,7 +408,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             const int it2 = tid & (MT_N - 1);                                                   \
             const i64 g2 = (xoff[it2] + 32 * (s)) / 16;                                         \
             const bool v2 = it2 < s_len;                                                        \
-            if (tid < MT_N) cp_async<8>(&xinv[b][it2][0], J.x_inv + g2, v2);                    \
+            if (tid < MT_N) cp_async<4>(&xinv[b][it2], J.x_inv + g2 / 2, v2);                   \
             else cp_async<8>(&xsum[b][it2][0], J.x_sum + g2, v2);                               \
         }                                                                                      \
     }
@@ -434,6 +438,14 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         if (s + 1 < n_slabs) {
 #pragma unroll
             for (int q = 0; q < 2; q++) Fmt::fetch(wrow[q], B, s + 1, wr_p[q], raw[q]);
+        }
+        // This thread's items' 2^-e for the slab (items i0, i0 + 1 per nb).
+        float ux[4][2];
+#pragma unroll
+        for (int nb = 0; nb < 4; nb++) {
+            const int i0 = wc * 32 + nb * 8 + 2 * t4;
+            ux[nb][0] = xinv[cur][i0];
+            ux[nb][1] = xinv[cur][i0 + 1];
         }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -465,16 +477,16 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
                     for (int nb = 0; nb < 4; nb++)
                         mma16816(tmp[nb], a0, a1, a2, a3, bf[sp][nb][0], bf[sp][nb][1]);
                 const float s0 = wsc[rb + g][h], s8 = wsc[rb + g + 8][h];
+                const float m0 = Fmt::MINS ? wmn[rb + g][h] : 0.0f;
+                const float m8 = Fmt::MINS ? wmn[rb + g + 8][h] : 0.0f;
 #pragma unroll
                 for (int nb = 0; nb < 4; nb++) {
                     // The half-slab sums of this thread's two items, scaled
                     // back by 2^-e (exact).
-                    const int i0 = wc * 32 + nb * 8 + 2 * t4;
-                    const float u0 = xinv[cur][i0][h], u1 = xinv[cur][i0 + 1][h];
-                    const float d0 = tmp[nb][0] * u0, d1 = tmp[nb][1] * u1;
-                    const float d2 = tmp[nb][2] * u0, d3 = tmp[nb][3] * u1;
+                    const float d0 = tmp[nb][0] * ux[nb][0], d1 = tmp[nb][1] * ux[nb][1];
+                    const float d2 = tmp[nb][2] * ux[nb][0], d3 = tmp[nb][3] * ux[nb][1];
                     if (Fmt::MINS) {
-                        const float m0 = wmn[rb + g][h], m8 = wmn[rb + g + 8][h];
+                        const int i0 = wc * 32 + nb * 8 + 2 * t4;
                         const float x0 = xsum[cur][i0][h], x1 = xsum[cur][i0 + 1][h];
                         acc[mi][nb][0] += s0 * d0 - m0 * x0;
                         acc[mi][nb][1] += s0 * d1 - m0 * x1;

@@ -172,15 +172,18 @@ fn split_width(m: &Mat, it: &Items) -> usize {
     }
 }
 
-/// Activations split for the GEMM (`gemm_split_x`).
+/// Activations split for the GEMM (`gemm_split_x`): which values, and the
+/// device addresses of the parts, scales and sums (in `_bufs`).
 struct SplitX {
     x: u64,
     stride: usize,
     rows: usize,
     width: usize,
-    elems: usize,
-    parts: DevBuf<f32>,
-    scales: DevBuf<f32>,
+    hi: u64,
+    lo: u64,
+    inv: u64,
+    sum: u64,
+    _bufs: (DevBuf<f32>, DevBuf<f32>),
 }
 
 impl SplitX {
@@ -516,13 +519,15 @@ impl CudaBackend {
         let rows = it.n.div_ceil(it.x_div);
         let width = split_width(m, it);
         let elems = rows * it.x_stride;
-        // hi and lo as u16 in one f32-sized buffer; scales then sums.
+        // hi and lo as u16 in one f32-sized buffer; scales (one per 32,
+        // padded to 16 bytes) then sums (one per 16).
         let parts = self.gpu.buf::<f32>(elems)?;
-        let scales = self.gpu.buf::<f32>(elems / 8)?;
+        let inv_len = (elems / 32).next_multiple_of(4);
+        let scales = self.gpu.buf::<f32>(inv_len + elems / 16)?;
         let (pp, sp) = (self.gpu.ptr(&parts), self.gpu.ptr(&scales));
         self.gpu.launch(
             "gemm_split_x",
-            (((rows * width / 16) as u32).div_ceil(BLOCK), 1, 1),
+            (((rows * width / 32) as u32).div_ceil(BLOCK), 1, 1),
             BLOCK,
             0,
             &[
@@ -533,7 +538,7 @@ impl CudaBackend {
                 Arg::Ptr(pp),
                 Arg::Ptr(offset::<u16>(pp, elems)),
                 Arg::Ptr(sp),
-                Arg::Ptr(offset::<f32>(sp, elems / 16)),
+                Arg::Ptr(offset::<f32>(sp, inv_len)),
             ],
         )?;
         Ok(SplitX {
@@ -541,9 +546,11 @@ impl CudaBackend {
             stride: it.x_stride,
             rows,
             width,
-            elems,
-            parts,
-            scales,
+            hi: pp,
+            lo: offset::<u16>(pp, elems),
+            inv: sp,
+            sum: offset::<f32>(sp, inv_len),
+            _bufs: (parts, scales),
         })
     }
 
@@ -566,16 +573,14 @@ impl CudaBackend {
                 .iter()
                 .find(|sx| sx.covers(m, it))
                 .ok_or_else(|| CudaError::Invalid("gemm: activations not split".into()))?;
-            let (parts, scales, elems) =
-                (self.gpu.ptr(&sx.parts), self.gpu.ptr(&sx.scales), sx.elems);
             js.j[k] = GemmJob {
                 w: m.addr,
                 mat_bytes: m.mat_bytes as u64,
                 row_bytes: m.row_bytes as u64,
-                x_hi: parts,
-                x_lo: offset::<u16>(parts, elems),
-                x_inv: scales,
-                x_sum: offset::<f32>(scales, elems / 16),
+                x_hi: sx.hi,
+                x_lo: sx.lo,
+                x_inv: sx.inv,
+                x_sum: sx.sum,
                 x_stride: it.x_stride as i64,
                 y: it.y,
                 y_stride: it.y_stride as i64,
