@@ -268,8 +268,7 @@ __device__ __forceinline__ void index_scores_tile(float* __restrict__ scores, i6
 }
 
 // 128 rows per block (batches) and 64 (a decode step over many rows).
-extern "C" __global__ void __launch_bounds__(256)
-    index_scores_t8(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(256) index_scores_t8(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
                     const float* __restrict__ w, const float* __restrict__ keys, int n_heads,
                     float scale, int pos0, int ratio, int n_tokens, int tpb) {
     ds4_pdl_enter();
@@ -277,8 +276,7 @@ extern "C" __global__ void __launch_bounds__(256)
                          tpb);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
-    index_scores_t4(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(256) index_scores_t4(float* __restrict__ scores, i64 scores_stride, const float* __restrict__ q,
                     const float* __restrict__ w, const float* __restrict__ keys, int n_heads,
                     float scale, int pos0, int ratio, int n_tokens, int tpb) {
     ds4_pdl_enter();
@@ -829,8 +827,7 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
 // else would hide the load latency).
 // Grid (ceil(n_heads / 32), T), 256 threads; head_dim a multiple of 128, at
 // most 512; s_stride >= the most keys of any token.
-extern "C" __global__ void __launch_bounds__(256)
-    attend_heads(float* __restrict__ out, const float* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(256) attend_heads(float* __restrict__ out, const float* __restrict__ q,
                  const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp,
                  int ratio, const int* __restrict__ sel, int top_k,
                  const float* __restrict__ sinks, int n_heads, int head_dim, int window,
@@ -1005,6 +1002,278 @@ extern "C" __global__ void __launch_bounds__(256)
                 *(float4*)(oh + 128 * j + 4 * lane) =
                     make_float4(o[a][j].x / d, o[a][j].y / d, o[a][j].z / d, o[a][j].w / d);
     }
+}
+
+// Four 8x8 b16 matrices from shared memory, transposed: lane l gives the
+// row address of matrix l / 8, row l % 8; register m holds, for this lane,
+// elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4) of matrix m.
+__device__ __forceinline__ void ldsm4t(u32* r, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// Four floats as f16 hi and lo parts, stored as 4 halves each.
+__device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool with_lo) {
+    u32 h0, h1, h2, h3, l0, l1, l2, l3;
+    split2(v.x, h0, l0);
+    split2(v.y, h1, l1);
+    split2(v.z, h2, l2);
+    split2(v.w, h3, l3);
+    *(uint2*)hi = make_uint2(pack16(h0, h1), pack16(h2, h3));
+    if (with_lo) *(uint2*)lo = make_uint2(pack16(l0, l1), pack16(l2, l3));
+}
+
+// attend_heads on the tensor cores (mma.sync m16n8k16, f16 in, f32
+// accumulate), same three phases and block shape (32 heads of one token,
+// 256 threads). Every product is exact: the queries go in as two f16 parts
+// of q 2^e (one power of two per head puts its largest |q| in [2^14,
+// 2^15)), the softmax weights (in (0, 1]) as two f16 parts, the keys as
+// they are when the official numerics have rounded every cached row to f16
+// (k_parts 1), else as two parts (k_parts 2; lo x lo is left out, 2^-22
+// relative). (1) scores: warp w takes heads 16 (w % 2).. and 16 keys of each
+// 64-key tile, over 128-dim chunks; (2) as attend_heads; (3) warp w takes
+// dims 64 w..64 w + 63 of all 32 heads over 16-key tiles, the keys read
+// transposed by ldmatrix. Key tiles are fetched into registers while the
+// previous one is multiplied. Grid (ceil(n_heads / 32), T); head_dim a
+// multiple of 128, at most 512; s_stride >= the most keys of any token,
+// rounded up to 16.
+extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__ out, const float* __restrict__ q,
+               const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp,
+               int ratio, const int* __restrict__ sel, int top_k,
+               const float* __restrict__ sinks, int n_heads, int head_dim, int window,
+               int pos0, float scale, int s_stride, int k_parts) {
+    ds4_pdl_enter();
+    extern __shared__ __align__(16) u8 smb[];
+    const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int h0 = blockIdx.x * 32, t = blockIdx.y;
+    const int p = pos0 + t;
+    const int first = max(0, p + 1 - window);
+    const int n_raw = p - first + 1;
+    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
+    const bool use_sel = sel != 0 && visible > top_k;
+    const int n_keys = n_raw + (use_sel ? top_k : visible);
+    const int nj = head_dim / 128;
+    const bool two = k_parts == 2;
+    const int QL = head_dim + 8;              // f16 per query row (padding: no bank conflicts)
+    const int KR1 = 136, KR3 = head_dim + 8;  // f16 per key row in phases 1 and 3
+    const int KPART = max(64 * KR1, 16 * KR3);
+    u16* qs = (u16*)smb;                      // 2 parts x 32 x QL
+    u16* ks = qs + 2 * 32 * QL;               // 2 parts x KPART
+    float* S = (float*)(ks + 2 * KPART);      // 32 x s_stride
+    float* qsc = S + 32 * s_stride;           // 32: 2^-e per head
+    float* den = qsc + 32;                    // 32
+#define DS4_AKEY(kk)                                                                      \
+    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
+                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+    // Queries: warp w scales and splits heads 4w..4w+3.
+    for (int a = 0; a < 4; a++) {
+        const int hl = 4 * warp + a, h = h0 + hl;
+        float4 v[4];
+        float mx = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[j] = j < nj && h < n_heads
+                       ? *(const float4*)(q + ((i64)t * n_heads + h) * head_dim + 128 * j + 4 * lane)
+                       : make_float4(0, 0, 0, 0);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w))));
+        }
+        mx = warp_max(mx);
+        const int ex = (__float_as_int(mx) >> 23) & 0xff;
+        const int e = mx == 0.0f ? 126 : max(-126, min(126, 14 - (ex - 127)));
+        const float up = pow2f(e);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (j < nj) {
+                const float4 u = make_float4(v[j].x * up, v[j].y * up, v[j].z * up, v[j].w * up);
+                u16* dst = qs + hl * QL + 128 * j + 4 * lane;
+                store_parts4(dst, dst + 32 * QL, u, true);
+            }
+        }
+        if (lane == 0) qsc[hl] = pow2f(-e);
+    }
+    // (1) scores.
+    const int mt = warp & 1, nq = warp >> 1;
+    const int n_steps = (n_keys + 63) / 64 * nj;
+    float4 pre[8];
+#define DS4_AM_FETCH_SCORES(st)                                                           \
+    {                                                                                     \
+        const int kt_ = (st) / nj * 64, dc_ = (st) % nj;                                  \
+        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
+            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;                \
+            pre[r] = kt_ + c < n_keys                                                     \
+                         ? *(const float4*)(DS4_AKEY(kt_ + c) + dc_ * 128 + 4 * i4)      \
+                         : make_float4(0, 0, 0, 0);                                       \
+        }                                                                                 \
+    }
+    DS4_AM_FETCH_SCORES(0);
+    float acc[2][4];
+    for (int st = 0; st < n_steps; st++) {
+        const int kt = st / nj * 64, dc = st % nj;
+        if (dc == 0) {
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;
+            u16* dst = ks + c * KR1 + 4 * i4;
+            store_parts4(dst, dst + KPART, pre[r], two);
+        }
+        __syncthreads();
+        if (st + 1 < n_steps) DS4_AM_FETCH_SCORES(st + 1);
+        const u16* qa = qs + (16 * mt + g) * QL + dc * 128 + 2 * t4;
+#pragma unroll 2
+        for (int kk = 0; kk < 128; kk += 16) {
+            u32 A[2][4];
+#pragma unroll
+            for (int pp = 0; pp < 2; pp++) {
+                const u16* b = qa + pp * 32 * QL + kk;
+                A[pp][0] = *(const u32*)b;
+                A[pp][1] = *(const u32*)(b + 8 * QL);
+                A[pp][2] = *(const u32*)(b + 8);
+                A[pp][3] = *(const u32*)(b + 8 * QL + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const u16* kb = ks + (16 * nq + 8 * nt + g) * KR1 + kk + 2 * t4;
+                const u32 b0 = *(const u32*)kb, b1 = *(const u32*)(kb + 8);
+                mma16816(acc[nt], A[0][0], A[0][1], A[0][2], A[0][3], b0, b1);
+                mma16816(acc[nt], A[1][0], A[1][1], A[1][2], A[1][3], b0, b1);
+                if (two) {
+                    const u32 c0 = *(const u32*)(kb + KPART), c1 = *(const u32*)(kb + KPART + 8);
+                    mma16816(acc[nt], A[0][0], A[0][1], A[0][2], A[0][3], c0, c1);
+                }
+            }
+        }
+        if (dc == nj - 1) {
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const int c = kt + 16 * nq + 8 * nt + 2 * t4;
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int hl = 16 * mt + g + 8 * half;
+                    const float u = qsc[hl];
+                    if (c < n_keys) S[hl * s_stride + c] = acc[nt][2 * half] * u * scale;
+                    if (c + 1 < n_keys) S[hl * s_stride + c + 1] = acc[nt][2 * half + 1] * u * scale;
+                }
+            }
+        }
+    }
+#undef DS4_AM_FETCH_SCORES
+    // The first tile of (3) is fetched while (2) runs: 16 keys of head_dim,
+    // hd / 64 float4 per thread (zeros past the last key).
+    const int f4 = head_dim / 4, per = head_dim / 64;
+#define DS4_AM_FETCH_ROWS(kt)                                                             \
+    {                                                                                     \
+        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
+            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;                \
+            if (r < per)                                                                  \
+                pre[r] = (kt) + c < n_keys ? *(const float4*)(DS4_AKEY((kt) + c) + 4 * i4) \
+                                           : make_float4(0, 0, 0, 0);                     \
+        }                                                                                 \
+    }
+    DS4_AM_FETCH_ROWS(0);
+    __syncthreads();
+    // (2) softmax weights, and zeros up to the next multiple of 16 keys.
+    const int n_pad = (n_keys + 15) & ~15;
+    for (int a = 0; a < 4; a++) {
+        const int hl = 4 * warp + a;
+        float* sh = S + hl * s_stride;
+        const float sink = sinks[min(h0 + hl, n_heads - 1)];
+        float m = sink;
+        for (int c = lane; c < n_keys; c += DS4_WARP) m = fmaxf(m, sh[c]);
+        m = warp_max(m);
+        float l = 0.0f;
+        for (int c = lane; c < n_keys; c += DS4_WARP) {
+            const float e = expf(sh[c] - m);
+            sh[c] = e;
+            l += e;
+        }
+        for (int c = n_keys + lane; c < n_pad; c += DS4_WARP) sh[c] = 0.0f;
+        l = warp_sum(l);
+        if (lane == 0) den[hl] = expf(sink - m) + l;
+    }
+    // (3) weighted sum of the keys: warp w, dims 64 w..64 w + 63.
+    float o[2][8][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int n = 0; n < 8; n++) o[a][n][0] = o[a][n][1] = o[a][n][2] = o[a][n][3] = 0.0f;
+    const bool active = 64 * warp < head_dim;
+    // This lane's ldmatrix row: matrix lane / 8 = (key half, dim half).
+    const int lm = lane >> 3, lr = lane & 7;
+    const u16* krow = ks + ((lm & 1) * 8 + lr) * KR3 + 64 * warp + (lm >> 1) * 8;
+    for (int kt = 0; kt < n_keys; kt += 16) {
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;
+            if (r < per) {
+                u16* dst = ks + c * KR3 + 4 * i4;
+                store_parts4(dst, dst + KPART, pre[r], two);
+            }
+        }
+        __syncthreads();
+        if (kt + 16 < n_keys) DS4_AM_FETCH_ROWS(kt + 16);
+        if (!active) continue;
+        u32 A[2][2][4];  // m-tile, part
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            const float* s0 = S + (16 * a + g) * s_stride + kt + 2 * t4;
+            const float2 p00 = *(const float2*)s0, p10 = *(const float2*)(s0 + 8 * s_stride);
+            const float2 p01 = *(const float2*)(s0 + 8), p11 = *(const float2*)(s0 + 8 * s_stride + 8);
+            u32 h[8], l[8];
+            split2(p00.x, h[0], l[0]);
+            split2(p00.y, h[1], l[1]);
+            split2(p10.x, h[2], l[2]);
+            split2(p10.y, h[3], l[3]);
+            split2(p01.x, h[4], l[4]);
+            split2(p01.y, h[5], l[5]);
+            split2(p11.x, h[6], l[6]);
+            split2(p11.y, h[7], l[7]);
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                A[a][0][r] = pack16(h[2 * r], h[2 * r + 1]);
+                A[a][1][r] = pack16(l[2 * r], l[2 * r + 1]);
+            }
+        }
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            u32 B[4], C[4];
+            ldsm4t(B, krow + 16 * np);
+            if (two) ldsm4t(C, krow + KPART + 16 * np);
+#pragma unroll
+            for (int a = 0; a < 2; a++) {
+#pragma unroll
+                for (int hn = 0; hn < 2; hn++) {
+                    float* d = o[a][2 * np + hn];
+                    mma16816(d, A[a][0][0], A[a][0][1], A[a][0][2], A[a][0][3], B[2 * hn], B[2 * hn + 1]);
+                    mma16816(d, A[a][1][0], A[a][1][1], A[a][1][2], A[a][1][3], B[2 * hn], B[2 * hn + 1]);
+                    if (two)
+                        mma16816(d, A[a][0][0], A[a][0][1], A[a][0][2], A[a][0][3], C[2 * hn],
+                                 C[2 * hn + 1]);
+                }
+            }
+        }
+    }
+#undef DS4_AM_FETCH_ROWS
+#undef DS4_AKEY
+    if (!active) return;
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int hl = 16 * a + g + 8 * half, h = h0 + hl;
+            if (h >= n_heads) continue;
+            const float d = den[hl];
+            float* oh = out + ((i64)t * n_heads + h) * head_dim + 64 * warp + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+                *(float2*)(oh + 8 * n) = make_float2(o[a][n][2 * half] / d, o[a][n][2 * half + 1] / d);
+        }
 }
 
 // Folds the chunks of attend_part, in chunk order: M = max_c m_c,

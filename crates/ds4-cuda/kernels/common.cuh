@@ -247,3 +247,34 @@ __device__ __forceinline__ void prefetch_l2(const u8* p, u64 n, int lane) {
     }
 #endif
 }
+
+// ---------------------------------------------------------------------------
+// Tensor-core helpers (prefill GEMMs and attention).
+
+__device__ __forceinline__ u32 pack16(u32 lo, u32 hi) { return (lo & 0xffff) | (hi << 16); }
+
+// x (already scaled into f16 range) -> two f16 parts with x ~ a + b.
+__device__ __forceinline__ void split2(float x, u32& a, u32& b) {
+    a = f2h(x);
+    b = f2h(x - h2f((u16)a));
+}
+
+// 2^e (-126 <= e <= 127) as an f32.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+// D += A * B on the tensor cores, m16n8k16, f16 inputs, f32 accumulate.
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                         u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u64 a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}

@@ -580,20 +580,23 @@ impl CudaBackend {
         let sinks_ptr = Arg::Ptr(self.addr(sinks)?);
         let scale = 1.0 / (hd as f32).sqrt();
         // A batch: 32 heads of a token per block, every key's scores held in
-        // shared memory (rows padded so the score stores spread over banks).
-        let s_stride = max_keys.next_multiple_of(8) + 2;
-        let heads_smem = ((hd * 32 + 64 * 132 + 32 * s_stride + 32) * 4 + 16) as u32;
-        if t >= 4
-            && hd % 128 == 0
-            && hd <= 512
-            && heads_smem as usize <= self.gpu.max_shared_bytes()
-        {
-            self.gpu.launch(
-                "attend_heads",
-                (heads.div_ceil(32) as u32, t as u32, 1),
-                256,
-                heads_smem,
-                &[
+        // shared memory, on the tensor cores or in f32 on the CUDA cores.
+        if t >= 4 && hd % 128 == 0 && hd <= 512 {
+            let (name, smem, s_stride) = if self.opts.tensor_core_attention {
+                // Rows of 16-key multiples, ≡ 8 (mod 32) floats so that the
+                // weight fragments' loads take two wavefronts.
+                let s_stride = (max_keys.next_multiple_of(16) + 24).next_multiple_of(32) - 24;
+                let kpart = (64 * 136).max(16 * (hd + 8));
+                let bytes = 2 * 32 * (hd + 8) * 2 + 2 * kpart * 2 + (32 * s_stride + 64) * 4;
+                ("attend_mma", bytes, s_stride)
+            } else {
+                // Rows padded so the score stores spread over banks.
+                let s_stride = max_keys.next_multiple_of(8) + 2;
+                let bytes = (hd * 32 + 64 * 132 + 32 * s_stride + 32) * 4 + 16;
+                ("attend_heads", bytes, s_stride)
+            };
+            if smem <= self.gpu.max_shared_bytes() {
+                let mut args = vec![
                     Arg::Ptr(self.ptr(&out)),
                     Arg::Ptr(self.ptr(q)),
                     Arg::Ptr(self.gpu.ptr(&l.raw)),
@@ -609,9 +612,21 @@ impl CudaBackend {
                     Arg::I32(pos0 as i32),
                     Arg::F32(scale),
                     Arg::I32(s_stride as i32),
-                ],
-            )?;
-            return Ok(out);
+                ];
+                if name == "attend_mma" {
+                    // Official numerics round every cached row to f16: the
+                    // keys need one f16 part, else two.
+                    args.push(Arg::I32(if self.official() { 1 } else { 2 }));
+                }
+                self.gpu.launch(
+                    name,
+                    (heads.div_ceil(32) as u32, t as u32, 1),
+                    256,
+                    smem as u32,
+                    &args,
+                )?;
+                return Ok(out);
+            }
         }
         // Warps (heads) per block, and keys per chunk: a decode step splits
         // the keys so that ~2 blocks per SM share the work; a batch runs one

@@ -85,6 +85,7 @@ pub const KERNELS: &[&str] = &[
     "attend",
     "attend_part",
     "attend_heads",
+    "attend_mma",
     "attend_combine",
     "route",
     "swiglu",

@@ -60,6 +60,10 @@ pub struct CudaOptions {
     /// sum is split over k differently from the plain kernel (agrees to
     /// rounding), still one fixed order.
     pub q8_0_x_registers: bool,
+    /// Batch (prefill) attention on the tensor cores (`attend_mma`: exact
+    /// products of f16 parts, f32 sums) rather than in f32 on the CUDA
+    /// cores (`attend_heads`); the two agree to rounding.
+    pub tensor_core_attention: bool,
 }
 
 /// Per weight format, whether the fast decode GEMV first copies the
@@ -134,6 +138,7 @@ impl Default for CudaOptions {
             gemv_staging: GemvStaging::default(),
             dependent_launch: true,
             q8_0_x_registers: true,
+            tensor_core_attention: true,
         }
     }
 }

@@ -45,7 +45,7 @@ fn usage() -> ExitCode {
          [--breakdown FILE] [--deadline-s S] [--exact] [GPU OPTIONS]\n       \
          ds4-cuda-bench products -m FILE [--reps N] [--runs N] [GPU OPTIONS]\n\
          GPU OPTIONS: [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] [--no-dependent-launch]\n       \
-         [--q8-x-registers on|off]"
+         [--q8-x-registers on|off] [--attention-mma on|off]"
     );
     ExitCode::from(2)
 }
@@ -83,16 +83,21 @@ fn gpu_option(args: &[String], i: &mut usize, opts: &mut CudaOptions) -> Result<
                 GemvStaging::parse(value(args, i, "--gemv-stage")?).map_err(anyhow::Error::msg)?
         }
         "--no-dependent-launch" => opts.dependent_launch = false,
-        "--q8-x-registers" => {
-            opts.q8_0_x_registers = match value(args, i, "--q8-x-registers")? {
-                "on" => true,
-                "off" => false,
-                v => bail!("--q8-x-registers takes on or off, not '{v}'"),
-            }
+        "--q8-x-registers" => opts.q8_0_x_registers = on_off(value(args, i, "--q8-x-registers")?)?,
+        "--attention-mma" => {
+            opts.tensor_core_attention = on_off(value(args, i, "--attention-mma")?)?
         }
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+fn on_off(v: &str) -> Result<bool> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        v => bail!("expected on or off, not '{v}'"),
+    }
 }
 
 /// Each weight product of one decode step on its own (`bench::decode_products`):
