@@ -16,8 +16,10 @@
 // (Three bf16 parts, x = hi + mid + lo with all 24 bits, cost 1.5x the
 // tensor work and the splitting; docs/bench r26 compares the two.)
 //
-// mma.sync m16n8k16 (f32 accumulate); 8 warps as 4 (rows) x 2 (items), a
-// warp owns 32 x 32 outputs. Each output is one fixed-order sum, so results
+// mma.sync m16n8k16 (f32 accumulate); 4 warps as 2 (rows) x 2 (items), a
+// warp owns 64 x 32 outputs (the larger the warp tile, the fewer fragment
+// loads from shared memory per product; Nsight r28 found the 8-warp, 32 x 32
+// layout shared-memory bound). Each output is one fixed-order sum, so results
 // do not depend on the other items of the tile (batch composition) and are
 // bit-identical run to run.
 //
@@ -27,6 +29,8 @@
 
 #define MT_M 128
 #define MT_N 64
+#define MT_THREADS 128  // 4 warps as 2 (rows) x 2 (items)
+#define MT_WM 4         // m16 tiles per warp: a warp owns 64 rows x 32 items
 #define MT_LD 40  // 16-bit values per smem row: 32 + 8 of padding (no bank conflicts)
 
 // The activations as gemm_split_x leaves them, indexed like x: the f16
@@ -342,42 +346,45 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         yoff[tid] = (i64)it * J.y_stride;
     }
     if (tid == 0) s_len = len;
-    sgrid[tid] = ds4_iq2xxs_grid[tid];
+    for (int i = tid; i < 256; i += MT_THREADS) sgrid[i] = ds4_iq2xxs_grid[i];
     const u8* base = J.w + (u64)mat * J.mat_bytes;
     const int B = J.row_len / Fmt::BLK;
     const int warp = tid / DS4_WARP, lane = tid % DS4_WARP;
-    const int wr = warp >> 1, wc = warp & 1;  // 4 x 2 warps
+    const int wr = warp >> 1, wc = warp & 1;  // 2 x 2 warps
     const int g = lane >> 2, t4 = lane & 3;
-    float acc[2][4][4];
+    float acc[MT_WM][4][4];
 #pragma unroll
-    for (int a = 0; a < 2; a++)
+    for (int a = 0; a < MT_WM; a++)
 #pragma unroll
         for (int b = 0; b < 4; b++)
 #pragma unroll
             for (int c = 0; c < 4; c++) acc[a][b][c] = 0.0f;
     __syncthreads();
 
-    // This thread's two weight tasks (row, part) and x copies.
-    const u8* wrow[2];
-    int wr_r[2], wr_p[2];
+    // This thread's weight tasks: part wp of rows (tid / 4) + 32 q.
+    constexpr int WT = MT_M * 4 / MT_THREADS;
+    const int wp = tid & 3, wr0 = tid >> 2;
+#define DS4_WROW(q) (base + (u64)min(row0 + wr0 + 32 * (q), J.n_rows - 1) * J.row_bytes)
+    constexpr int XT = MT_N * 4 / MT_THREADS;
+    int x_it[XT], x_p[XT];
+    i64 x_at[XT];
 #pragma unroll
-    for (int q = 0; q < 2; q++) {
-        const int task = tid + 256 * q;
-        wr_r[q] = task >> 2;
-        wr_p[q] = task & 3;
-        wrow[q] = base + (u64)min(row0 + wr_r[q], J.n_rows - 1) * J.row_bytes;
+    for (int q = 0; q < XT; q++) {
+        x_it[q] = (tid + MT_THREADS * q) >> 2;
+        x_p[q] = tid & 3;
+        x_at[q] = xoff[x_it[q]];
     }
-    const int x_it = tid >> 2, x_p = tid & 3;
-    const bool x_valid = x_it < s_len;
-    const i64 x_at = xoff[x_it];
     // Slab s of x into buffer b: 64 items x 4 parts of 8 values x 2 f16
-    // parts (one 16-byte copy each per thread), the 64 scales (threads
-    // 0..63) and the 64 pairs of half-slab sums (threads 64..127).
+    // parts (16-byte copies), the 64 scales (threads 0..63) and the 64
+    // pairs of half-slab sums (threads 64..127).
 #define DS4_STAGE_X(s, b)                                                                       \
     {                                                                                          \
-        const i64 e0 = x_at + 32 * (s) + 8 * x_p;                                               \
-        cp_async<16>(xp[b][0] + x_it * MT_LD + 8 * x_p, J.x_hi + e0, x_valid);                 \
-        cp_async<16>(xp[b][1] + x_it * MT_LD + 8 * x_p, J.x_lo + e0, x_valid);                 \
+        _Pragma("unroll") for (int q = 0; q < XT; q++) {                                        \
+            const i64 e0 = x_at[q] + 32 * (s) + 8 * x_p[q];                                     \
+            const bool ok = x_it[q] < s_len;                                                    \
+            cp_async<16>(xp[b][0] + x_it[q] * MT_LD + 8 * x_p[q], J.x_hi + e0, ok);             \
+            cp_async<16>(xp[b][1] + x_it[q] * MT_LD + 8 * x_p[q], J.x_lo + e0, ok);             \
+        }                                                                                      \
         if (tid < 2 * MT_N) {                                                                   \
             const int it2 = tid & (MT_N - 1);                                                   \
             const i64 g2 = (xoff[it2] + 32 * (s)) / 16;                                         \
@@ -386,20 +393,21 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             else cp_async<8>(&xsum[b][it2][0], J.x_sum + g2, v2);                               \
         }                                                                                      \
     }
-    typename Fmt::Raw raw[2];
+    typename Fmt::Raw raw[WT];
     const int n_slabs = J.row_len / 32;
     DS4_STAGE_X(0, 0);
     cp_async_commit();
 #pragma unroll
-    for (int q = 0; q < 2; q++) Fmt::fetch(wrow[q], B, 0, wr_p[q], raw[q]);
+    for (int q = 0; q < WT; q++) Fmt::fetch(DS4_WROW(q), B, 0, wp, raw[q]);
     for (int s = 0; s < n_slabs; s++) {
         const int cur = s & 1;
         // Weights of slab s: decode (the previous products are done).
 #pragma unroll
-        for (int q = 0; q < 2; q++) {
+        for (int q = 0; q < WT; q++) {
+            const int r = wr0 + 32 * q;
             u32 o[4];
-            Fmt::decode(raw[q], s, wr_p[q], o, wsc[wr_r[q]], wmn[wr_r[q]], sgrid);
-            *(uint4*)(wq + wr_r[q] * MT_LD + 8 * wr_p[q]) = make_uint4(o[0], o[1], o[2], o[3]);
+            Fmt::decode(raw[q], s, wp, o, wsc[r], wmn[r], sgrid);
+            *(uint4*)(wq + r * MT_LD + 8 * wp) = make_uint4(o[0], o[1], o[2], o[3]);
         }
         if (s + 1 < n_slabs) {
             DS4_STAGE_X(s + 1, cur ^ 1);
@@ -411,7 +419,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         __syncthreads();
         if (s + 1 < n_slabs) {
 #pragma unroll
-            for (int q = 0; q < 2; q++) Fmt::fetch(wrow[q], B, s + 1, wr_p[q], raw[q]);
+            for (int q = 0; q < WT; q++) Fmt::fetch(DS4_WROW(q), B, s + 1, wp, raw[q]);
         }
         // This thread's items' 2^-e for the slab (items i0, i0 + 1 per nb).
         float ux[4][2];
@@ -434,8 +442,8 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
                     bf[sp][nb][1] = *(const u32*)(xr + kb + 8);
                 }
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                const int rb = wr * 32 + mi * 16;
+            for (int mi = 0; mi < MT_WM; mi++) {
+                const int rb = wr * 16 * MT_WM + mi * 16;
                 const u16* w0 = wq + (rb + g) * MT_LD;
                 const u16* w8 = wq + (rb + g + 8) * MT_LD;
                 const u32 a0 = *(const u32*)(w0 + kb), a1 = *(const u32*)(w8 + kb);
@@ -478,28 +486,32 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         __syncthreads();
     }
 #undef DS4_STAGE_X
+#undef DS4_WROW
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < MT_WM; mi++)
 #pragma unroll
         for (int nb = 0; nb < 4; nb++)
 #pragma unroll
             for (int c = 0; c < 4; c++) {
-                const int r = row0 + wr * 32 + mi * 16 + g + (c >= 2 ? 8 : 0);
+                const int r = row0 + wr * 16 * MT_WM + mi * 16 + g + (c >= 2 ? 8 : 0);
                 const int it = wc * 32 + nb * 8 + 2 * t4 + (c & 1);
                 if (r < J.n_rows && it < s_len) J.y[yoff[it] + r] = acc[mi][nb][c];
             }
 }
 
-#define DS4_GEMM(NAME, FMT)                                                               \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const GemmJobs js) { ds4_pdl_enter();       \
-        gemm_mma_impl<FMT>(js.j[blockIdx.z]);                                            \
+// MINB blocks per SM: 3 (at most 168 registers) where the format's decoder
+// fits without spills (Q8_0: 1.18x over 2 blocks, r32), else 2.
+#define DS4_GEMM(NAME, FMT, MINB)                                                         \
+    extern "C" __global__ void __launch_bounds__(MT_THREADS, MINB) NAME(const GemmJobs js) { \
+        ds4_pdl_enter();                                                                  \
+        gemm_mma_impl<FMT>(js.j[blockIdx.z]);                                             \
     }
 
-DS4_GEMM(gemm_q8_0, MmaQ8_0)
-DS4_GEMM(gemm_iq2_xxs, MmaIQ2XXS)
-DS4_GEMM(gemm_q2_k, MmaQ2K)
-DS4_GEMM(gemm_q4_k, MmaQ4K)
-DS4_GEMM(gemm_f16, MmaF16)
+DS4_GEMM(gemm_q8_0, MmaQ8_0, 3)
+DS4_GEMM(gemm_iq2_xxs, MmaIQ2XXS, 2)
+DS4_GEMM(gemm_q2_k, MmaQ2K, 2)
+DS4_GEMM(gemm_q4_k, MmaQ4K, 2)
+DS4_GEMM(gemm_f16, MmaF16, 2)
 
 // ---------------------------------------------------------------------------
 // Routed-expert tiles: items (token, slot) grouped by expert, in item order

@@ -21,6 +21,8 @@ pub const GEMM_MIN_ITEMS: usize = 8;
 /// Weight rows and items of one GEMM tile (`MT_M`, `MT_N` in gemm.cu).
 pub const GEMM_TILE_ROWS: usize = 128;
 pub const GEMM_TILE_ITEMS: usize = 64;
+/// Threads of a GEMM block (gemm.cu `MT_THREADS`).
+const GEMM_THREADS: u32 = 128;
 /// Warps the GEMV launches aim to keep in flight (132 SMs × ~32).
 const GEMV_TARGET_WARPS: usize = 4096;
 /// Warps of an x-in-registers Q8_0 launch (~16 per SM): fewer, longer-lived
@@ -611,7 +613,7 @@ impl CudaBackend {
         self.gpu.launch_struct(
             kernel,
             (grid_x as u32, grid_y as u32, jobs.len() as u32),
-            BLOCK,
+            GEMM_THREADS,
             &js,
         )
     }
