@@ -62,8 +62,18 @@ struct GemmJobs {
     GemmJob j[2];
 };
 
-// f16 bits of a small integer (exact).
-__device__ __forceinline__ u32 f16_int(int v) { return f2h((float)v); }
+// Bytes 0, 1 (half 0) or 2, 3 (half 1) of w as an f16 pair of their
+// unsigned values minus `bias` (an f16 pair; exact for values < 1024): each
+// byte goes under the exponent of 1024 (0x64XX = 1024 + b), then 1024 +
+// bias is subtracted from both halves at once.
+__device__ __forceinline__ u32 h2_bytes(u32 w, int half, u32 minus) {
+    const u32 h = __byte_perm(w, 0x64646464u, half ? 0x4342u : 0x4140u);
+    u32 r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(h), "r"(minus));
+    return r;
+}
+#define DS4_H2_1024 0x64006400u  // (1024, 1024): unsigned bytes
+#define DS4_H2_1152 0x64806480u  // (1152, 1152): signed bytes biased by 128
 
 // Slab decoders, in two steps so that a slab's weight loads are in flight
 // while the previous slab is multiplied: `fetch` only loads (the raw words
@@ -84,9 +94,13 @@ struct MmaQ8_0 {
     }
     static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
                                                   float* mn, const u64* grid) {
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            o[i] = pack16(f16_int((signed char)(r.q[i] & 0xff)), f16_int((signed char)(r.q[i] >> 8)));
+        // Signed bytes, biased to unsigned by flipping their top bits.
+        const u32 w0 = (r.q[0] | (r.q[1] << 16)) ^ 0x80808080u;
+        const u32 w1 = (r.q[2] | (r.q[3] << 16)) ^ 0x80808080u;
+        o[0] = h2_bytes(w0, 0, DS4_H2_1152);
+        o[1] = h2_bytes(w0, 1, DS4_H2_1152);
+        o[2] = h2_bytes(w1, 0, DS4_H2_1152);
+        o[3] = h2_bytes(w1, 1, DS4_H2_1152);
         if (p == 0) {
             const float d = h2f((u16)r.d);
             sc[0] = d;
@@ -115,10 +129,11 @@ struct MmaIQ2XXS {
         const u32 sg = ksigns_iq2xs((a1 >> (7 * p)) & 127);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int k0 = 2 * i, k1 = 2 * i + 1;
-            const int v0 = (int)((gr >> (8 * k0)) & 0xff), v1 = (int)((gr >> (8 * k1)) & 0xff);
-            o[i] = pack16(f16_int(((sg >> k0) & 1) ? -v0 : v0),
-                          f16_int(((sg >> k1) & 1) ? -v1 : v1));
+            // Magnitudes, then the signs of values 2i, 2i + 1 into the f16
+            // sign bits (15, 31).
+            const u32 t = sg >> (2 * i);
+            o[i] = h2_bytes(i < 2 ? (u32)gr : (u32)(gr >> 32), i & 1, DS4_H2_1024) ^
+                   (((t & 1u) << 15) | ((t & 2u) << 30));
         }
         if (p == 0) {
             const float db = h2f((u16)r.d) * (0.5f + (float)(a1 >> 28)) * 0.25f;
@@ -151,14 +166,12 @@ struct MmaQ2K {
     static __device__ __forceinline__ void decode(const Raw& r, int s, int p, u32* o, float* sc,
                                                   float* mn, const u64* grid) {
         const int j = (((s & 7) * 32) & 127) >> 5;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 w = i < 2 ? r.w0 : r.w1;
-            const int sh = 16 * (i & 1);
-            const int q0 = (int)((w >> (sh + 2 * j)) & 3);
-            const int q1 = (int)((w >> (sh + 8 + 2 * j)) & 3);
-            o[i] = pack16(f16_int(q0), f16_int(q1));
-        }
+        // Each byte's 2-bit field j.
+        const u32 v0 = (r.w0 >> (2 * j)) & 0x03030303u, v1 = (r.w1 >> (2 * j)) & 0x03030303u;
+        o[0] = h2_bytes(v0, 0, DS4_H2_1024);
+        o[1] = h2_bytes(v0, 1, DS4_H2_1024);
+        o[2] = h2_bytes(v1, 0, DS4_H2_1024);
+        o[3] = h2_bytes(v1, 1, DS4_H2_1024);
         if (p == 0) {
             const float d = h2f((u16)r.d), dmin = h2f((u16)r.dmin);
             sc[0] = d * (float)(r.s0 & 15);
@@ -193,14 +206,12 @@ struct MmaQ4K {
                                                   float* mn, const u64* grid) {
         const int sb = s & 7;
         const int shift = (sb & 1) ? 4 : 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const u32 w = i < 2 ? r.w0 : r.w1;
-            const int sh = 16 * (i & 1);
-            const int q0 = (int)((w >> (sh + shift)) & 15);
-            const int q1 = (int)((w >> (sh + 8 + shift)) & 15);
-            o[i] = pack16(f16_int(q0), f16_int(q1));
-        }
+        // Each byte's low or high nibble.
+        const u32 v0 = (r.w0 >> shift) & 0x0f0f0f0fu, v1 = (r.w1 >> shift) & 0x0f0f0f0fu;
+        o[0] = h2_bytes(v0, 0, DS4_H2_1024);
+        o[1] = h2_bytes(v0, 1, DS4_H2_1024);
+        o[2] = h2_bytes(v1, 0, DS4_H2_1024);
+        o[3] = h2_bytes(v1, 1, DS4_H2_1024);
         if (p == 0) {
             // b0 = scales[sb], b1 = scales[sb + 4], b2 = scales[sb - 4] (sb >= 4).
             int scv, m;
