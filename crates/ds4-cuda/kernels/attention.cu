@@ -1038,12 +1038,16 @@ __device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool wi
 // previous one is multiplied. Grid (ceil(n_heads / 32), T); head_dim a
 // multiple of 128, at most 512; s_stride >= the most keys of any token,
 // rounded up to 16.
-extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__ out, const float* __restrict__ q,
-               const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp,
-               int ratio, const int* __restrict__ sel, int top_k,
-               const float* __restrict__ sinks, int n_heads, int head_dim, int window,
-               int pos0, float scale, int s_stride, int k_parts) {
-    ds4_pdl_enter();
+template <bool K16>
+__device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const float* __restrict__ q,
+                                                const float* __restrict__ raw,
+                                                const u16* __restrict__ raw16, int raw_cap,
+                                                const float* __restrict__ comp,
+                                                const u16* __restrict__ comp16, int ratio,
+                                                const int* __restrict__ sel, int top_k,
+                                                const float* __restrict__ sinks, int n_heads,
+                                                int head_dim, int window, int pos0, float scale,
+                                                int s_stride, int k_parts) {
     extern __shared__ __align__(16) u8 smb[];
     const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
     const int g = lane >> 2, t4 = lane & 3;
@@ -1055,18 +1059,19 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
     const bool use_sel = sel != 0 && visible > top_k;
     const int n_keys = n_raw + (use_sel ? top_k : visible);
     const int nj = head_dim / 128;
-    const bool two = k_parts == 2;
+    const bool two = !K16 && k_parts == 2;
     const int QL = head_dim + 8;              // f16 per query row (padding: no bank conflicts)
     const int KR1 = 136, KR3 = head_dim + 8;  // f16 per key row in phases 1 and 3
     const int KPART = max(64 * KR1, 16 * KR3);
     u16* qs = (u16*)smb;                      // 2 parts x 32 x QL
-    u16* ks = qs + 2 * 32 * QL;               // 2 parts x KPART
+    u16* ks = qs + 2 * 32 * QL;               // 2 parts (K16: 2 buffers) x KPART
     float* S = (float*)(ks + 2 * KPART);      // 32 x s_stride
     float* qsc = S + 32 * s_stride;           // 32: 2^-e per head
     float* den = qsc + 32;                    // 32
-#define DS4_AKEY(kk)                                                                      \
-    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
-                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+#define DS4_AROW(kk)                                                                      \
+    ((kk) < n_raw ? (i64)((first + (kk)) % raw_cap) : (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw))
+#define DS4_AKEY(kk) (((kk) < n_raw ? raw : comp) + DS4_AROW(kk) * head_dim)
+#define DS4_AKEY16(kk) (((kk) < n_raw ? raw16 : comp16) + DS4_AROW(kk) * head_dim)
     // Queries: warp w scales and splits heads 4w..4w+3.
     for (int a = 0; a < 4; a++) {
         const int hl = 4 * warp + a, h = h0 + hl;
@@ -1107,7 +1112,23 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
                          : make_float4(0, 0, 0, 0);                                       \
         }                                                                                 \
     }
-    DS4_AM_FETCH_SCORES(0);
+    // K16: 64 keys x 128 dims of f16 = 1024 16-byte copies into buffer b.
+#define DS4_AM_COPY_SCORES(st, b)                                                         \
+    {                                                                                     \
+        const int kt_ = (st) / nj * 64, dc_ = (st) % nj;                                  \
+        _Pragma("unroll") for (int r = 0; r < 4; r++) {                                   \
+            const int c = (tid + 256 * r) / 16, ch = (tid + 256 * r) % 16;                \
+            const bool ok = kt_ + c < n_keys;                                             \
+            cp_async<16>(ks + (b) * KPART + c * KR1 + 8 * ch,                             \
+                         ok ? DS4_AKEY16(kt_ + c) + dc_ * 128 + 8 * ch : raw16, ok);      \
+        }                                                                                 \
+        cp_async_commit();                                                                \
+    }
+    if (K16) {
+        DS4_AM_COPY_SCORES(0, 0);
+    } else {
+        DS4_AM_FETCH_SCORES(0);
+    }
     float acc[2][4];
     for (int st = 0; st < n_steps; st++) {
         const int kt = st / nj * 64, dc = st % nj;
@@ -1115,15 +1136,26 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
         }
-        __syncthreads();
+        if (K16) {
+            if (st + 1 < n_steps) {
+                DS4_AM_COPY_SCORES(st + 1, (st + 1) & 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();
+        } else {
+            __syncthreads();
 #pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;
-            u16* dst = ks + c * KR1 + 4 * i4;
-            store_parts4(dst, dst + KPART, pre[r], two);
+            for (int r = 0; r < 8; r++) {
+                const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;
+                u16* dst = ks + c * KR1 + 4 * i4;
+                store_parts4(dst, dst + KPART, pre[r], two);
+            }
+            __syncthreads();
+            if (st + 1 < n_steps) DS4_AM_FETCH_SCORES(st + 1);
         }
-        __syncthreads();
-        if (st + 1 < n_steps) DS4_AM_FETCH_SCORES(st + 1);
+        const u16* kbuf = K16 ? ks + (st & 1) * KPART : ks;
         const u16* qa = qs + (16 * mt + g) * QL + dc * 128 + 2 * t4;
 #pragma unroll 2
         for (int kk = 0; kk < 128; kk += 16) {
@@ -1138,7 +1170,7 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
             }
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
-                const u16* kb = ks + (16 * nq + 8 * nt + g) * KR1 + kk + 2 * t4;
+                const u16* kb = kbuf + (16 * nq + 8 * nt + g) * KR1 + kk + 2 * t4;
                 const u32 b0 = *(const u32*)kb, b1 = *(const u32*)(kb + 8);
                 mma16816(acc[nt], A[0][0], A[0][1], A[0][2], A[0][3], b0, b1);
                 mma16816(acc[nt], A[1][0], A[1][1], A[1][2], A[1][3], b0, b1);
@@ -1161,8 +1193,10 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
                 }
             }
         }
+        if (K16) __syncthreads();  // this buffer is refilled two steps on
     }
 #undef DS4_AM_FETCH_SCORES
+#undef DS4_AM_COPY_SCORES
     // The first tile of (3) is fetched while (2) runs: 16 keys of head_dim,
     // hd / 64 float4 per thread (zeros past the last key).
     const int f4 = head_dim / 4, per = head_dim / 64;
@@ -1175,7 +1209,24 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
                                            : make_float4(0, 0, 0, 0);                     \
         }                                                                                 \
     }
-    DS4_AM_FETCH_ROWS(0);
+    // K16: 16 keys x head_dim of f16 = hd / 128 16-byte copies per thread.
+    const int cpr = head_dim / 8, per16 = head_dim / 128;
+#define DS4_AM_COPY_ROWS(kt, b)                                                           \
+    {                                                                                     \
+        _Pragma("unroll") for (int r = 0; r < 4; r++) {                                   \
+            const int c = (tid + 256 * r) / cpr, ch = (tid + 256 * r) % cpr;              \
+            const bool ok = (kt) + c < n_keys;                                            \
+            if (r < per16)                                                                \
+                cp_async<16>(ks + (b) * KPART + c * KR3 + 8 * ch,                         \
+                             ok ? DS4_AKEY16((kt) + c) + 8 * ch : raw16, ok);             \
+        }                                                                                 \
+        cp_async_commit();                                                                \
+    }
+    if (K16) {
+        DS4_AM_COPY_ROWS(0, 0);
+    } else {
+        DS4_AM_FETCH_ROWS(0);
+    }
     __syncthreads();
     // (2) softmax weights, and zeros up to the next multiple of 16 keys.
     const int n_pad = (n_keys + 15) & ~15;
@@ -1207,18 +1258,32 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
     const int lm = lane >> 3, lr = lane & 7;
     const u16* krow = ks + ((lm & 1) * 8 + lr) * KR3 + 64 * warp + (lm >> 1) * 8;
     for (int kt = 0; kt < n_keys; kt += 16) {
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;
-            if (r < per) {
-                u16* dst = ks + c * KR3 + 4 * i4;
-                store_parts4(dst, dst + KPART, pre[r], two);
+        if (K16) {
+            if (kt + 16 < n_keys) {
+                DS4_AM_COPY_ROWS(kt + 16, ((kt >> 4) + 1) & 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
             }
+            __syncthreads();
+        } else {
+            __syncthreads();
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;
+                if (r < per) {
+                    u16* dst = ks + c * KR3 + 4 * i4;
+                    store_parts4(dst, dst + KPART, pre[r], two);
+                }
+            }
+            __syncthreads();
+            if (kt + 16 < n_keys) DS4_AM_FETCH_ROWS(kt + 16);
         }
-        __syncthreads();
-        if (kt + 16 < n_keys) DS4_AM_FETCH_ROWS(kt + 16);
-        if (!active) continue;
+        const u16* kr = krow + (K16 ? ((kt >> 4) & 1) * KPART : 0);
+        if (!active) {
+            if (K16) __syncthreads();
+            continue;
+        }
         u32 A[2][2][4];  // m-tile, part
 #pragma unroll
         for (int a = 0; a < 2; a++) {
@@ -1243,8 +1308,8 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
 #pragma unroll
         for (int np = 0; np < 4; np++) {
             u32 B[4], C[4];
-            ldsm4t(B, krow + 16 * np);
-            if (two) ldsm4t(C, krow + KPART + 16 * np);
+            ldsm4t(B, kr + 16 * np);
+            if (two) ldsm4t(C, kr + KPART + 16 * np);
 #pragma unroll
             for (int a = 0; a < 2; a++) {
 #pragma unroll
@@ -1258,9 +1323,13 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
                 }
             }
         }
+        if (K16) __syncthreads();  // this buffer is refilled two tiles on
     }
 #undef DS4_AM_FETCH_ROWS
+#undef DS4_AM_COPY_ROWS
+#undef DS4_AKEY16
 #undef DS4_AKEY
+#undef DS4_AROW
     if (!active) return;
 #pragma unroll
     for (int a = 0; a < 2; a++)
@@ -1274,6 +1343,30 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
             for (int n = 0; n < 8; n++)
                 *(float2*)(oh + 8 * n) = make_float2(o[a][n][2 * half] / d, o[a][n][2 * half + 1] / d);
         }
+}
+
+extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp, int ratio, const int* __restrict__ sel, int top_k, const float* __restrict__ sinks, int n_heads, int head_dim, int window, int pos0, float scale, int s_stride, int k_parts) {
+    ds4_pdl_enter();
+    attend_mma_impl<false>(out, q, raw, 0, raw_cap, comp, 0, ratio, sel, top_k, sinks, n_heads,
+                           head_dim, window, pos0, scale, s_stride, k_parts);
+}
+
+// The keys as f16 copies of the cache (official numerics: every cached row
+// is f16, so the copy is exact): copied by cp.async into two buffers, one
+// filling while the other is multiplied, with no conversion.
+extern "C" __global__ void __launch_bounds__(256, 1) attend_mma_f16(float* __restrict__ out, const float* __restrict__ q, const u16* __restrict__ raw16, int raw_cap, const u16* __restrict__ comp16, int ratio, const int* __restrict__ sel, int top_k, const float* __restrict__ sinks, int n_heads, int head_dim, int window, int pos0, float scale, int s_stride) {
+    ds4_pdl_enter();
+    attend_mma_impl<true>(out, q, 0, raw16, raw_cap, 0, comp16, ratio, sel, top_k, sinks, n_heads,
+                          head_dim, window, pos0, scale, s_stride, 1);
+}
+
+// dst = src as f16 (round to nearest even), n a multiple of 4.
+extern "C" __global__ void to_f16(u16* __restrict__ dst, const float* __restrict__ src, i64 n) {
+    ds4_pdl_enter();
+    const i64 i = 4 * ((i64)blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= n) return;
+    const float4 v = *(const float4*)(src + i);
+    *(uint2*)(dst + i) = make_uint2(pack16(f2h(v.x), f2h(v.y)), pack16(f2h(v.z), f2h(v.w)));
 }
 
 // Folds the chunks of attend_part, in chunk order: M = max_c m_c,

@@ -278,3 +278,19 @@ __device__ __forceinline__ u32 smem_u32(const void* p) {
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
     return (u32)a;
 }
+
+// Asynchronous global -> shared copies of `n` bytes (16 or 8); `valid`
+// false writes zeros (the source is not read).
+template <int N>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(smem_u32(dst)), "l"(src),
+                 "n"(N), "r"(valid ? N : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}

@@ -304,22 +304,6 @@ extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_strid
     }
 }
 
-// Asynchronous global -> shared copies of `n` bytes (16 or 8); `valid`
-// false writes zeros (the source is not read).
-template <int N>
-__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(smem_u32(dst)), "l"(src),
-                 "n"(N), "r"(valid ? N : 0)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Per slab: the block's x parts (and scales, sums) arrive by cp.async into
 // one of two buffers while the other is multiplied, and every thread's
 // weight words of the next slab are loaded into registers before this

@@ -61,6 +61,26 @@ pub(crate) struct IndexScoresArgs {
 }
 
 impl CudaBackend {
+    /// `n` f32 values at `src` (n a multiple of 4) as f16 (round to nearest
+    /// even), in a pool buffer of `n / 2` f32 slots.
+    fn f16_copy(&self, src: u64, n: usize) -> Result<DevBuf<f32>> {
+        let dst = self.gpu.buf::<f32>(n.div_ceil(2).max(1))?;
+        if n > 0 {
+            self.gpu.launch(
+                "to_f16",
+                ((n / 4).div_ceil(BLOCK as usize) as u32, 1, 1),
+                BLOCK,
+                0,
+                &[
+                    Arg::Ptr(self.gpu.ptr(&dst)),
+                    Arg::Ptr(src),
+                    Arg::I64(n as i64),
+                ],
+            )?;
+        }
+        Ok(dst)
+    }
+
     /// Scores every visible indexer row of every token (entries past a
     /// token's visible count are left unwritten).
     pub(crate) fn index_scores(
@@ -596,6 +616,39 @@ impl CudaBackend {
                 ("attend_heads", bytes, s_stride)
             };
             if smem <= self.gpu.max_shared_bytes() {
+                let grid = (heads.div_ceil(32) as u32, t as u32, 1);
+                if name == "attend_mma" && self.official() {
+                    // Official numerics round every cached row to f16, so
+                    // f16 copies of the ring and of the rows the batch sees
+                    // are exact: half the bytes, no conversion in the kernel.
+                    let raw16 = self.f16_copy(self.gpu.ptr(&l.raw), l.raw_capacity * hd)?;
+                    let n_comp = (pos0 + t).checked_div(ratio).unwrap_or(0);
+                    let comp16 = self.f16_copy(comp, n_comp * hd)?;
+                    self.gpu.launch(
+                        "attend_mma_f16",
+                        grid,
+                        256,
+                        smem as u32,
+                        &[
+                            Arg::Ptr(self.ptr(&out)),
+                            Arg::Ptr(self.ptr(q)),
+                            Arg::Ptr(self.gpu.ptr(&raw16)),
+                            Arg::I32(l.raw_capacity as i32),
+                            Arg::Ptr(self.gpu.ptr(&comp16)),
+                            Arg::I32(ratio as i32),
+                            sel_ptr,
+                            Arg::I32(cfg.indexer_top_k as i32),
+                            sinks_ptr,
+                            Arg::I32(heads as i32),
+                            Arg::I32(hd as i32),
+                            Arg::I32(cfg.sliding_window as i32),
+                            Arg::I32(pos0 as i32),
+                            Arg::F32(scale),
+                            Arg::I32(s_stride as i32),
+                        ],
+                    )?;
+                    return Ok(out);
+                }
                 let mut args = vec![
                     Arg::Ptr(self.ptr(&out)),
                     Arg::Ptr(self.ptr(q)),
@@ -614,17 +667,10 @@ impl CudaBackend {
                     Arg::I32(s_stride as i32),
                 ];
                 if name == "attend_mma" {
-                    // Official numerics round every cached row to f16: the
-                    // keys need one f16 part, else two.
-                    args.push(Arg::I32(if self.official() { 1 } else { 2 }));
+                    // Exact numerics: keys as two f16 parts.
+                    args.push(Arg::I32(2));
                 }
-                self.gpu.launch(
-                    name,
-                    (heads.div_ceil(32) as u32, t as u32, 1),
-                    256,
-                    smem as u32,
-                    &args,
-                )?;
+                self.gpu.launch(name, grid, 256, smem as u32, &args)?;
                 return Ok(out);
             }
         }

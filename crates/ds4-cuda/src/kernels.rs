@@ -86,6 +86,8 @@ pub const KERNELS: &[&str] = &[
     "attend_part",
     "attend_heads",
     "attend_mma",
+    "attend_mma_f16",
+    "to_f16",
     "attend_combine",
     "route",
     "swiglu",
