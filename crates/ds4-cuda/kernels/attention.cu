@@ -400,6 +400,27 @@ extern "C" __global__ void topk_select(int* __restrict__ out, const float* __res
 #undef DS4_KEY_AT
 }
 
+// The keys token t (position p) attends to, in order: the raw window rows
+// first..p (ring slots), then the compressed rows: every visible one, or
+// the indexer's selection of top_k once more than top_k are visible.
+struct AttendKeys {
+    int first, n_raw, n_keys;
+    const int* sel;  // this token's selection, or null
+    __device__ __forceinline__ AttendKeys(int p, int window, int ratio, const int* sel_all,
+                                          int top_k, int t) {
+        first = max(0, p + 1 - window);
+        n_raw = p - first + 1;
+        const int visible = ratio > 0 ? (p + 1) / ratio : 0;
+        const bool use_sel = sel_all != 0 && visible > top_k;
+        sel = use_sel ? sel_all + (i64)t * top_k : 0;
+        n_keys = n_raw + (use_sel ? top_k : visible);
+    }
+    // Key kk's row: a ring slot (kk < n_raw) or a compressed row.
+    __device__ __forceinline__ i64 row(int kk, int raw_cap) const {
+        return kk < n_raw ? (i64)((first + kk) % raw_cap) : (i64)(sel ? sel[kk - n_raw] : kk - n_raw);
+    }
+};
+
 // Softmax attention with a sink over the raw window and the visible (or
 // selected) compressed rows (MODEL.md 3.6). One block per (head, token);
 // scores live in dynamic shared memory. The denominator and the weighted
@@ -414,19 +435,12 @@ extern "C" __global__ void attend(float* __restrict__ out, const float* __restri
     extern __shared__ float e[];
     __shared__ float s_den;
     const int h = blockIdx.x, t = blockIdx.y;
-    const int p = pos0 + t;
-    const int first = max(0, p + 1 - window);
-    const int n_raw = p - first + 1;
-    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
-    const bool use_sel = sel != 0 && visible > top_k;
-    const int n_comp = use_sel ? top_k : visible;
-    const int n_keys = n_raw + n_comp;
+    const AttendKeys ak(pos0 + t, window, ratio, sel, top_k, t);
+    const int n_keys = ak.n_keys;
     const float* qh = q + ((i64)t * n_heads + h) * head_dim;
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
     const int n_warps = blockDim.x / DS4_WARP;
-#define DS4_KEY(kk)                                                                       \
-    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
-                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+#define DS4_KEY(kk) (((kk) < ak.n_raw ? raw : comp) + ak.row(kk, raw_cap) * head_dim)
     for (int kk = warp; kk < n_keys; kk += n_warps) {
         const float* key = DS4_KEY(kk);
         float part = 0.0f;
@@ -706,13 +720,8 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     const int h = blockIdx.x * hpb + warp;
     const int c = blockIdx.y, t = blockIdx.z;
     const int n_chunks = gridDim.y;
-    const int p = pos0 + t;
-    const int first = max(0, p + 1 - window);
-    const int n_raw = p - first + 1;
-    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
-    const bool use_sel = sel != 0 && visible > top_k;
-    const int n_comp = use_sel ? top_k : visible;
-    const int n_keys = n_raw + n_comp;
+    const AttendKeys ak(pos0 + t, window, ratio, sel, top_k, t);
+    const int n_keys = ak.n_keys;
     const int k0 = c * chunk, k1 = min(n_keys, k0 + chunk);
     float* keys = sm;                                 // tile x head_dim
     float* scs = sm + tile * head_dim + warp * chunk;  // this warp's scores
@@ -726,9 +735,7 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
         o[j] = make_float4(0, 0, 0, 0);
     }
     const int f4 = head_dim / 4;
-#define DS4_AKEY(kk)                                                                      \
-    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
-                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
+#define DS4_AKEY(kk) (((kk) < ak.n_raw ? raw : comp) + ak.row(kk, raw_cap) * head_dim)
     for (int kt = k0; kt < k1; kt += tile) {
         const int nk = min(tile, k1 - kt);
         __syncthreads();
@@ -811,199 +818,6 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     }
 }
 
-// Attention of a batch (prefill), 32 heads of one token per block, so the
-// heads share every key load (attend_part reads each key once per 8 heads
-// and computes a dot per warp with a butterfly). Three phases:
-// (1) S = scale * q.k for every key, register-tiled: thread (hg, cg) holds
-//     heads 4hg..4hg+3 against keys 2cg, 2cg+1 of a 64-key tile; keys are
-//     staged row-major in 128-dim chunks, the queries dim-major; each dot
-//     runs over the dims in order;
-// (2) per head (a warp takes 4): m = max(sink, S), S <- e^(S-m) and
-//     den = e^(sink-m) + sum e (lane-strided, then a butterfly);
-// (3) o = sum_c e_c k_c in key order over 16-key tiles of whole rows; warp w
-//     owns heads 4w..4w+3, lane l dims 4l + 128j; out = o / den.
-// Every tile's keys are fetched into registers while the previous tile is
-// computed (one block of 8 warps fills an SM's shared memory, so nothing
-// else would hide the load latency).
-// Grid (ceil(n_heads / 32), T), 256 threads; head_dim a multiple of 128, at
-// most 512; s_stride >= the most keys of any token.
-extern "C" __global__ void __launch_bounds__(256) attend_heads(float* __restrict__ out, const float* __restrict__ q,
-                 const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp,
-                 int ratio, const int* __restrict__ sel, int top_k,
-                 const float* __restrict__ sinks, int n_heads, int head_dim, int window,
-                 int pos0, float scale, int s_stride) {
-    ds4_pdl_enter();
-    extern __shared__ float sm[];
-    const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
-    const int h0 = blockIdx.x * 32, t = blockIdx.y;
-    const int p = pos0 + t;
-    const int first = max(0, p + 1 - window);
-    const int n_raw = p - first + 1;
-    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
-    const bool use_sel = sel != 0 && visible > top_k;
-    const int n_keys = n_raw + (use_sel ? top_k : visible);
-    const int nj = head_dim / 128;
-    float* qt = sm;                     // head_dim x 32, dim-major
-    float* ks = qt + head_dim * 32;     // 64 x 132, then 16 x (head_dim + 4)
-    float* S = ks + 64 * 132;           // 32 x s_stride
-    float* den = S + 32 * s_stride;     // 32
-#define DS4_AKEY(kk)                                                                      \
-    ((kk) < n_raw ? raw + (i64)((first + (kk)) % raw_cap) * head_dim                      \
-                  : comp + (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw) * head_dim)
-    for (int k = tid; k < 8 * head_dim; k += blockDim.x) {
-        const int h = k % 32, i4 = k / 32;
-        const float4 v = h0 + h < n_heads
-                             ? *(const float4*)(q + ((i64)t * n_heads + h0 + h) * head_dim + 4 * i4)
-                             : make_float4(0, 0, 0, 0);
-        qt[(4 * i4 + 0) * 32 + h] = v.x;
-        qt[(4 * i4 + 1) * 32 + h] = v.y;
-        qt[(4 * i4 + 2) * 32 + h] = v.z;
-        qt[(4 * i4 + 3) * 32 + h] = v.w;
-    }
-    // (1) scores. Step st stages dims [128 dc, 128 dc + 128) of the keys
-    // [64 i, 64 i + 64), i = st / nj, dc = st % nj; each thread fetches its
-    // 8 float4 of the next step into registers before computing this one.
-    const int hg = tid % 8, cg = tid / 8;
-    const int n_steps = (n_keys + 63) / 64 * nj;
-    float4 pre[8];
-#define DS4_AH_FETCH_SCORES(st)                                                           \
-    {                                                                                     \
-        const int kt_ = (st) / nj * 64, dc_ = (st) % nj;                                  \
-        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
-            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;                \
-            pre[r] = kt_ + c < n_keys                                                     \
-                         ? *(const float4*)(DS4_AKEY(kt_ + c) + dc_ * 128 + 4 * i4)      \
-                         : make_float4(0, 0, 0, 0);                                       \
-        }                                                                                 \
-    }
-    DS4_AH_FETCH_SCORES(0);
-    float acc[4][2];
-    for (int st = 0; st < n_steps; st++) {
-        const int kt = st / nj * 64, dc = st % nj;
-        if (dc == 0) {
-#pragma unroll
-            for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = 0.0f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int c = (tid + 256 * r) / 32, i4 = (tid + 256 * r) % 32;
-            *(float4*)(ks + c * 132 + 4 * i4) = pre[r];
-        }
-        __syncthreads();
-        if (st + 1 < n_steps) DS4_AH_FETCH_SCORES(st + 1);
-        const float* qp = qt + dc * 128 * 32 + 4 * hg;
-        const float* k0 = ks + 2 * cg * 132;
-#pragma unroll 2
-        for (int i = 0; i < 128; i += 4) {
-            const float4 ka = *(const float4*)(k0 + i);
-            const float4 kb = *(const float4*)(k0 + 132 + i);
-            const float ka4[4] = {ka.x, ka.y, ka.z, ka.w};
-            const float kb4[4] = {kb.x, kb.y, kb.z, kb.w};
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const float4 qv = *(const float4*)(qp + (i + r) * 32);
-                const float q4[4] = {qv.x, qv.y, qv.z, qv.w};
-#pragma unroll
-                for (int a = 0; a < 4; a++) {
-                    acc[a][0] = fmaf(q4[a], ka4[r], acc[a][0]);
-                    acc[a][1] = fmaf(q4[a], kb4[r], acc[a][1]);
-                }
-            }
-        }
-        if (dc == nj - 1) {
-#pragma unroll
-            for (int a = 0; a < 4; a++)
-#pragma unroll
-                for (int b = 0; b < 2; b++)
-                    if (kt + 2 * cg + b < n_keys)
-                        S[(4 * hg + a) * s_stride + kt + 2 * cg + b] = acc[a][b] * scale;
-        }
-    }
-#undef DS4_AH_FETCH_SCORES
-    // The first tile of (3) is fetched while (2) runs: 16 keys of head_dim,
-    // hd / 64 float4 per thread.
-    const int f4 = head_dim / 4, per = head_dim / 64;
-#define DS4_AH_FETCH_ROWS(kt)                                                             \
-    {                                                                                     \
-        _Pragma("unroll") for (int r = 0; r < 8; r++) {                                   \
-            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;                \
-            if (r < per && (kt) + c < n_keys)                                             \
-                pre[r] = *(const float4*)(DS4_AKEY((kt) + c) + 4 * i4);                   \
-        }                                                                                 \
-    }
-    DS4_AH_FETCH_ROWS(0);
-    __syncthreads();
-    // (2) softmax weights
-    for (int a = 0; a < 4; a++) {
-        const int hl = 4 * warp + a;
-        float* sh = S + hl * s_stride;
-        const float sink = sinks[min(h0 + hl, n_heads - 1)];
-        float m = sink;
-        for (int c = lane; c < n_keys; c += DS4_WARP) m = fmaxf(m, sh[c]);
-        m = warp_max(m);
-        float l = 0.0f;
-        for (int c = lane; c < n_keys; c += DS4_WARP) {
-            const float e = expf(sh[c] - m);
-            sh[c] = e;
-            l += e;
-        }
-        l = warp_sum(l);
-        if (lane == 0) den[hl] = expf(sink - m) + l;
-    }
-    // (3) weighted sum of the keys
-    float4 o[4][4];
-#pragma unroll
-    for (int a = 0; a < 4; a++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) o[a][j] = make_float4(0, 0, 0, 0);
-    const int rs = head_dim + 4;
-    const float* sw = S + 4 * warp * s_stride;
-    for (int kt = 0; kt < n_keys; kt += 16) {
-        const int nk = min(16, n_keys - kt);
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int c = (tid + 256 * r) / f4, i4 = (tid + 256 * r) % f4;
-            if (r < per && c < nk) *(float4*)(ks + c * rs + 4 * i4) = pre[r];
-        }
-        __syncthreads();
-        if (kt + 16 < n_keys) DS4_AH_FETCH_ROWS(kt + 16);
-        for (int c = 0; c < nk; c++) {
-            float e[4];
-#pragma unroll
-            for (int a = 0; a < 4; a++) e[a] = sw[a * s_stride + kt + c];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                if (j < nj) {
-                    const float4 kv = *(const float4*)(ks + c * rs + 128 * j + 4 * lane);
-#pragma unroll
-                    for (int a = 0; a < 4; a++) {
-                        o[a][j].x = fmaf(e[a], kv.x, o[a][j].x);
-                        o[a][j].y = fmaf(e[a], kv.y, o[a][j].y);
-                        o[a][j].z = fmaf(e[a], kv.z, o[a][j].z);
-                        o[a][j].w = fmaf(e[a], kv.w, o[a][j].w);
-                    }
-                }
-            }
-        }
-    }
-#undef DS4_AH_FETCH_ROWS
-#undef DS4_AKEY
-#pragma unroll
-    for (int a = 0; a < 4; a++) {
-        const int h = h0 + 4 * warp + a;
-        if (h >= n_heads) continue;
-        const float d = den[4 * warp + a];
-        float* oh = out + ((i64)t * n_heads + h) * head_dim;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (j < nj)
-                *(float4*)(oh + 128 * j + 4 * lane) =
-                    make_float4(o[a][j].x / d, o[a][j].y / d, o[a][j].z / d, o[a][j].w / d);
-    }
-}
-
 // Four 8x8 b16 matrices from shared memory, transposed: lane l gives the
 // row address of matrix l / 8, row l % 8; register m holds, for this lane,
 // elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4) of matrix m.
@@ -1024,9 +838,9 @@ __device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool wi
     if (with_lo) *(uint2*)lo = make_uint2(pack16(l0, l1), pack16(l2, l3));
 }
 
-// attend_heads on the tensor cores (mma.sync m16n8k16, f16 in, f32
-// accumulate), same three phases and block shape (32 heads of one token,
-// 256 threads). Every product is exact: the queries go in as two f16 parts
+// Attention of a batch (prefill) on the tensor cores (mma.sync m16n8k16,
+// f16 in, f32 accumulate), 32 heads of one token per block of 256 threads,
+// so the heads share every key load. Every product is exact: the queries go in as two f16 parts
 // of q 2^e (one power of two per head puts its largest |q| in [2^14,
 // 2^15)), the softmax weights (in (0, 1]) as two f16 parts, the keys as
 // they are when the official numerics have rounded every cached row to f16
@@ -1052,12 +866,8 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
     const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
     const int g = lane >> 2, t4 = lane & 3;
     const int h0 = blockIdx.x * 32, t = blockIdx.y;
-    const int p = pos0 + t;
-    const int first = max(0, p + 1 - window);
-    const int n_raw = p - first + 1;
-    const int visible = ratio > 0 ? (p + 1) / ratio : 0;
-    const bool use_sel = sel != 0 && visible > top_k;
-    const int n_keys = n_raw + (use_sel ? top_k : visible);
+    const AttendKeys ak(pos0 + t, window, ratio, sel, top_k, t);
+    const int n_keys = ak.n_keys;
     const int nj = head_dim / 128;
     const bool two = !K16 && k_parts == 2;
     const int QL = head_dim + 8;              // f16 per query row (padding: no bank conflicts)
@@ -1068,10 +878,8 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
     float* S = (float*)(ks + 2 * KPART);      // 32 x s_stride
     float* qsc = S + 32 * s_stride;           // 32: 2^-e per head
     float* den = qsc + 32;                    // 32
-#define DS4_AROW(kk)                                                                      \
-    ((kk) < n_raw ? (i64)((first + (kk)) % raw_cap) : (i64)(use_sel ? sel[(i64)t * top_k + (kk) - n_raw] : (kk) - n_raw))
-#define DS4_AKEY(kk) (((kk) < n_raw ? raw : comp) + DS4_AROW(kk) * head_dim)
-#define DS4_AKEY16(kk) (((kk) < n_raw ? raw16 : comp16) + DS4_AROW(kk) * head_dim)
+#define DS4_AKEY(kk) (((kk) < ak.n_raw ? raw : comp) + ak.row(kk, raw_cap) * head_dim)
+#define DS4_AKEY16(kk) (((kk) < ak.n_raw ? raw16 : comp16) + ak.row(kk, raw_cap) * head_dim)
     // Queries: warp w scales and splits heads 4w..4w+3.
     for (int a = 0; a < 4; a++) {
         const int hl = 4 * warp + a, h = h0 + hl;
@@ -1329,7 +1137,6 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
 #undef DS4_AM_COPY_ROWS
 #undef DS4_AKEY16
 #undef DS4_AKEY
-#undef DS4_AROW
     if (!active) return;
 #pragma unroll
     for (int a = 0; a < 2; a++)

@@ -599,80 +599,67 @@ impl CudaBackend {
         let sel_ptr = sel.map_or(NULL, |s| Arg::Ptr(self.gpu.ptr(s)));
         let sinks_ptr = Arg::Ptr(self.addr(sinks)?);
         let scale = 1.0 / (hd as f32).sqrt();
-        // A batch: 32 heads of a token per block, every key's scores held in
-        // shared memory, on the tensor cores or in f32 on the CUDA cores.
-        if t >= 4 && hd % 128 == 0 && hd <= 512 {
-            let (name, smem, s_stride) = if self.opts.tensor_core_attention {
-                // Rows of 16-key multiples, ≡ 8 (mod 32) floats so that the
-                // weight fragments' loads take two wavefronts.
-                let s_stride = (max_keys.next_multiple_of(16) + 24).next_multiple_of(32) - 24;
-                let kpart = (64 * 136).max(16 * (hd + 8));
-                let bytes = 2 * 32 * (hd + 8) * 2 + 2 * kpart * 2 + (32 * s_stride + 64) * 4;
-                ("attend_mma", bytes, s_stride)
+        // The arguments every attention kernel takes after its outputs and
+        // queries: where the keys are and how a token's key list is formed.
+        let keys = |raw: u64, comp: u64| {
+            [
+                Arg::Ptr(raw),
+                Arg::I32(l.raw_capacity as i32),
+                Arg::Ptr(comp),
+                Arg::I32(ratio as i32),
+                sel_ptr,
+                Arg::I32(cfg.indexer_top_k as i32),
+                sinks_ptr,
+                Arg::I32(heads as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(cfg.sliding_window as i32),
+                Arg::I32(pos0 as i32),
+                Arg::F32(scale),
+            ]
+        };
+        // A batch on the tensor cores: 32 heads of a token per block, every
+        // key's scores held in shared memory (rows of 16-key multiples, ≡ 8
+        // mod 32 floats so that the weight fragments' loads take two
+        // wavefronts).
+        let s_stride = (max_keys.next_multiple_of(16) + 24).next_multiple_of(32) - 24;
+        let kpart = (64 * 136).max(16 * (hd + 8));
+        let mma_smem = 2 * 32 * (hd + 8) * 2 + 2 * kpart * 2 + (32 * s_stride + 64) * 4;
+        if t >= 4
+            && self.opts.tensor_core_attention
+            && hd % 128 == 0
+            && hd <= 512
+            && mma_smem <= self.gpu.max_shared_bytes()
+        {
+            // Official numerics round every cached row to f16, so f16 copies
+            // of the ring and of the rows the batch sees are exact: half the
+            // bytes and no conversion in the kernel. Else two key parts.
+            let copies = if self.official() {
+                let n_comp = (pos0 + t).checked_div(ratio).unwrap_or(0);
+                Some((
+                    self.f16_copy(self.gpu.ptr(&l.raw), l.raw_capacity * hd)?,
+                    self.f16_copy(comp, n_comp * hd)?,
+                ))
             } else {
-                // Rows padded so the score stores spread over banks.
-                let s_stride = max_keys.next_multiple_of(8) + 2;
-                let bytes = (hd * 32 + 64 * 132 + 32 * s_stride + 32) * 4 + 16;
-                ("attend_heads", bytes, s_stride)
+                None
             };
-            if smem <= self.gpu.max_shared_bytes() {
-                let grid = (heads.div_ceil(32) as u32, t as u32, 1);
-                if name == "attend_mma" && self.official() {
-                    // Official numerics round every cached row to f16, so
-                    // f16 copies of the ring and of the rows the batch sees
-                    // are exact: half the bytes, no conversion in the kernel.
-                    let raw16 = self.f16_copy(self.gpu.ptr(&l.raw), l.raw_capacity * hd)?;
-                    let n_comp = (pos0 + t).checked_div(ratio).unwrap_or(0);
-                    let comp16 = self.f16_copy(comp, n_comp * hd)?;
-                    self.gpu.launch(
-                        "attend_mma_f16",
-                        grid,
-                        256,
-                        smem as u32,
-                        &[
-                            Arg::Ptr(self.ptr(&out)),
-                            Arg::Ptr(self.ptr(q)),
-                            Arg::Ptr(self.gpu.ptr(&raw16)),
-                            Arg::I32(l.raw_capacity as i32),
-                            Arg::Ptr(self.gpu.ptr(&comp16)),
-                            Arg::I32(ratio as i32),
-                            sel_ptr,
-                            Arg::I32(cfg.indexer_top_k as i32),
-                            sinks_ptr,
-                            Arg::I32(heads as i32),
-                            Arg::I32(hd as i32),
-                            Arg::I32(cfg.sliding_window as i32),
-                            Arg::I32(pos0 as i32),
-                            Arg::F32(scale),
-                            Arg::I32(s_stride as i32),
-                        ],
-                    )?;
-                    return Ok(out);
-                }
-                let mut args = vec![
-                    Arg::Ptr(self.ptr(&out)),
-                    Arg::Ptr(self.ptr(q)),
-                    Arg::Ptr(self.gpu.ptr(&l.raw)),
-                    Arg::I32(l.raw_capacity as i32),
-                    Arg::Ptr(comp),
-                    Arg::I32(ratio as i32),
-                    sel_ptr,
-                    Arg::I32(cfg.indexer_top_k as i32),
-                    sinks_ptr,
-                    Arg::I32(heads as i32),
-                    Arg::I32(hd as i32),
-                    Arg::I32(cfg.sliding_window as i32),
-                    Arg::I32(pos0 as i32),
-                    Arg::F32(scale),
-                    Arg::I32(s_stride as i32),
-                ];
-                if name == "attend_mma" {
-                    // Exact numerics: keys as two f16 parts.
-                    args.push(Arg::I32(2));
-                }
-                self.gpu.launch(name, grid, 256, smem as u32, &args)?;
-                return Ok(out);
+            let (name, raw_ptr, comp_ptr) = match &copies {
+                Some((r, c)) => ("attend_mma_f16", self.gpu.ptr(r), self.gpu.ptr(c)),
+                None => ("attend_mma", self.gpu.ptr(&l.raw), comp),
+            };
+            let mut args = vec![Arg::Ptr(self.ptr(&out)), Arg::Ptr(self.ptr(q))];
+            args.extend(keys(raw_ptr, comp_ptr));
+            args.push(Arg::I32(s_stride as i32));
+            if copies.is_none() {
+                args.push(Arg::I32(2)); // key parts
             }
+            self.gpu.launch(
+                name,
+                (heads.div_ceil(32) as u32, t as u32, 1),
+                256,
+                mma_smem as u32,
+                &args,
+            )?;
+            return Ok(out);
         }
         // Warps (heads) per block, and keys per chunk: a decode step splits
         // the keys so that ~2 blocks per SM share the work; a batch runs one
@@ -696,22 +683,10 @@ impl CudaBackend {
                 (heads as u32, t as u32, 1),
                 BLOCK,
                 padded_smem(max_keys),
-                &[
-                    Arg::Ptr(self.ptr(&out)),
-                    Arg::Ptr(self.ptr(q)),
-                    Arg::Ptr(self.gpu.ptr(&l.raw)),
-                    Arg::I32(l.raw_capacity as i32),
-                    Arg::Ptr(comp),
-                    Arg::I32(ratio as i32),
-                    sel_ptr,
-                    Arg::I32(cfg.indexer_top_k as i32),
-                    sinks_ptr,
-                    Arg::I32(heads as i32),
-                    Arg::I32(hd as i32),
-                    Arg::I32(cfg.sliding_window as i32),
-                    Arg::I32(pos0 as i32),
-                    Arg::F32(scale),
-                ],
+                &[Arg::Ptr(self.ptr(&out)), Arg::Ptr(self.ptr(q))]
+                    .into_iter()
+                    .chain(keys(self.gpu.ptr(&l.raw), comp))
+                    .collect::<Vec<_>>(),
             )?;
             return Ok(out);
         }
@@ -736,21 +711,11 @@ impl CudaBackend {
                 Arg::Ptr(po),
                 Arg::Ptr(pml),
                 Arg::Ptr(self.ptr(q)),
-                Arg::Ptr(self.gpu.ptr(&l.raw)),
-                Arg::I32(l.raw_capacity as i32),
-                Arg::Ptr(comp),
-                Arg::I32(ratio as i32),
-                sel_ptr,
-                Arg::I32(cfg.indexer_top_k as i32),
-                sinks_ptr,
-                Arg::I32(heads as i32),
-                Arg::I32(hd as i32),
-                Arg::I32(cfg.sliding_window as i32),
-                Arg::I32(pos0 as i32),
-                Arg::F32(scale),
-                Arg::I32(chunk as i32),
-                Arg::I32(tile as i32),
-            ],
+            ]
+            .into_iter()
+            .chain(keys(self.gpu.ptr(&l.raw), comp))
+            .chain([Arg::I32(chunk as i32), Arg::I32(tile as i32)])
+            .collect::<Vec<_>>(),
         )?;
         if n_chunks > 1 {
             self.gpu.launch(

@@ -84,7 +84,6 @@ pub const KERNELS: &[&str] = &[
     "topk_select",
     "attend",
     "attend_part",
-    "attend_heads",
     "attend_mma",
     "attend_mma_f16",
     "to_f16",

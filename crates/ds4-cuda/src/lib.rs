@@ -60,9 +60,10 @@ pub struct CudaOptions {
     /// sum is split over k differently from the plain kernel (agrees to
     /// rounding), still one fixed order.
     pub q8_0_x_registers: bool,
-    /// Batch (prefill) attention on the tensor cores (`attend_mma`: exact
-    /// products of f16 parts, f32 sums) rather than in f32 on the CUDA
-    /// cores (`attend_heads`); the two agree to rounding.
+    /// Batch (prefill) attention on the tensor cores (`attend_mma`, 32
+    /// heads of a token per block; exact products of f16 parts, f32 sums)
+    /// rather than `attend_part` (8 heads per block, f32 on the CUDA
+    /// cores); the two agree to rounding.
     pub tensor_core_attention: bool,
 }
 
