@@ -256,52 +256,40 @@ struct MmaF16 {
 // magnitude in [2^14, 2^15) (e = 126 for all-zero and subnormal groups,
 // kept in [-126, 126]; inf and NaN pass through), the two f16 parts of
 // x 2^e, 2^-e, and for each half the sum of its raw values (two runs of 8
-// in order, then their sum; used by the formats with mins). One thread per
-// group.
+// in order, then their sum; used by the formats with mins). Four threads
+// (a quad of lanes) per group, 8 values each.
 extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_stride, int width,
                                         int rows, u16* __restrict__ hi, u16* __restrict__ lo,
                                         float* __restrict__ inv, float* __restrict__ sum) {
     ds4_pdl_enter();
-    const int gpr = width / 32;
+    const int rpr = width / 8;  // runs of 8 per row
     const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= (i64)rows * gpr) return;
-    const i64 at = g / gpr * x_stride + g % gpr * 32;
-    float v[32];
+    if (g >= (i64)rows * rpr) return;  // whole quads: rows * rpr is a multiple of 4
+    const int run = (int)(g & 3);
+    const u32 quad = 0xfu << (threadIdx.x & 28);
+    const i64 at = g / rpr * x_stride + g % rpr * 8;
+    const float4 f0 = *(const float4*)(x + at), f1 = *(const float4*)(x + at + 4);
+    const float v[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
+    float mx = 0.0f, s = v[0];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float4 f = *(const float4*)(x + at + 4 * i);
-        v[4 * i] = f.x;
-        v[4 * i + 1] = f.y;
-        v[4 * i + 2] = f.z;
-        v[4 * i + 3] = f.w;
-    }
-    float mx = 0.0f;
+    for (int i = 0; i < 8; i++) mx = fmaxf(mx, fabsf(v[i]));
 #pragma unroll
-    for (int i = 0; i < 32; i++) mx = fmaxf(mx, fabsf(v[i]));
+    for (int i = 1; i < 8; i++) s += v[i];
+    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 2));
+    const float s_next = __shfl_xor_sync(quad, s, 1);
     const int ex = (__float_as_int(mx) >> 23) & 0xff;
     const int e = mx == 0.0f ? 126 : max(-126, min(126, 14 - (ex - 127)));
     const float up = pow2f(e);
+    u32 h[8], l[8];
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
-        u32 h[8], l[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) split2(v[8 * c + i] * up, h[i], l[i]);
-        *(uint4*)(hi + at + 8 * c) = make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]),
-                                                pack16(h[4], h[5]), pack16(h[6], h[7]));
-        *(uint4*)(lo + at + 8 * c) = make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]),
-                                                pack16(l[4], l[5]), pack16(l[6], l[7]));
-    }
-    inv[at / 32] = pow2f(-e);
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        float s0 = v[16 * hh], s1 = v[16 * hh + 8];
-#pragma unroll
-        for (int i = 1; i < 8; i++) {
-            s0 += v[16 * hh + i];
-            s1 += v[16 * hh + 8 + i];
-        }
-        sum[at / 16 + hh] = s0 + s1;
-    }
+    for (int i = 0; i < 8; i++) split2(v[i] * up, h[i], l[i]);
+    *(uint4*)(hi + at) = make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]), pack16(h[4], h[5]),
+                                    pack16(h[6], h[7]));
+    *(uint4*)(lo + at) = make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]), pack16(l[4], l[5]),
+                                    pack16(l[6], l[7]));
+    if (run == 0) inv[at / 32] = pow2f(-e);
+    if ((run & 1) == 0) sum[at / 16] = s + s_next;
 }
 
 // Per slab: the block's x parts (and scales, sums) arrive by cp.async into

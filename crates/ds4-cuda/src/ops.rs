@@ -529,7 +529,7 @@ impl CudaBackend {
         let (pp, sp) = (self.gpu.ptr(&parts), self.gpu.ptr(&scales));
         self.gpu.launch(
             "gemm_split_x",
-            (((rows * width / 32) as u32).div_ceil(BLOCK), 1, 1),
+            (((rows * width / 8) as u32).div_ceil(BLOCK), 1, 1),
             BLOCK,
             0,
             &[
