@@ -16,11 +16,12 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::{CudaError, Result};
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("gemm.cu", include_str!("../kernels/gemm.cu")),
     ("hc.cu", include_str!("../kernels/hc.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
+    ("indexer.cu", include_str!("../kernels/indexer.cu")),
     ("ffn.cu", include_str!("../kernels/ffn.cu")),
 ];
 
