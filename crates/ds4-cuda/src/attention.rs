@@ -562,6 +562,23 @@ impl CudaBackend {
         selection: Option<&CudaSelection>,
         pos0: usize,
     ) -> Result<CudaAct> {
+        let tensor_cores = self.opts.tensor_core_attention;
+        self.attend_with(kv, layer, q, sinks, selection, pos0, tensor_cores)
+    }
+
+    /// `attend_impl` with the batch kernel chosen here (`tensor_cores`:
+    /// `attend_mma`, else `attend_part`), so the self-test can check both.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend_with(
+        &self,
+        kv: &CudaKv,
+        layer: usize,
+        q: &CudaAct,
+        sinks: &Tensor,
+        selection: Option<&CudaSelection>,
+        pos0: usize,
+        tensor_cores: bool,
+    ) -> Result<CudaAct> {
         let cfg = &self.cfg;
         let (hd, heads, t) = (cfg.head_dim, cfg.n_head, q.rows);
         let l = &kv.layers[layer];
@@ -625,7 +642,7 @@ impl CudaBackend {
         let kpart = (64 * 136).max(16 * (hd + 8));
         let mma_smem = 2 * 32 * (hd + 8) * 2 + 2 * kpart * 2 + (32 * s_stride + 64) * 4;
         if t >= 4
-            && self.opts.tensor_core_attention
+            && tensor_cores
             && hd % 128 == 0
             && hd <= 512
             && mma_smem <= self.gpu.max_shared_bytes()
