@@ -553,21 +553,9 @@ impl CudaBackend {
         Ok(selection)
     }
 
-    pub(crate) fn attend_impl(
-        &self,
-        kv: &CudaKv,
-        layer: usize,
-        q: &CudaAct,
-        sinks: &Tensor,
-        selection: Option<&CudaSelection>,
-        pos0: usize,
-    ) -> Result<CudaAct> {
-        let tensor_cores = self.opts.tensor_core_attention;
-        self.attend_with(kv, layer, q, sinks, selection, pos0, tensor_cores)
-    }
-
-    /// `attend_impl` with the batch kernel chosen here (`tensor_cores`:
-    /// `attend_mma`, else `attend_part`), so the self-test can check both.
+    /// Backend::attend with the batch kernel chosen by the caller
+    /// (`tensor_cores`: `attend_mma`, else `attend_part`; the backend passes
+    /// `CudaOptions::tensor_core_attention`), so the self-test can check both.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attend_with(
         &self,

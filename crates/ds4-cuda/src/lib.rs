@@ -706,7 +706,8 @@ impl Backend for CudaBackend {
         selection: Option<&CudaSelection>,
         pos0: usize,
     ) -> BResult<CudaAct> {
-        Ok(self.attend_impl(kv, layer, q, sinks, selection, pos0)?)
+        let tensor_cores = self.opts.tensor_core_attention;
+        Ok(self.attend_with(kv, layer, q, sinks, selection, pos0, tensor_cores)?)
     }
 
     fn attention_output(
