@@ -272,8 +272,8 @@ fn gemm_kernel(m: &Mat, its: &[Items]) -> Option<&'static str> {
     let ok = m.row_len.is_multiple_of(32)
         && m.addr.is_multiple_of(16)
         && its.iter().all(|it| {
-            // gemm_split_x works on groups of 16 values and the kernel
-            // copies a half slab's scale pair with one 8-byte copy.
+            // gemm_split_x works on groups of 32 values, and the kernel
+            // copies a slab's pair of half-slab sums with one 8-byte copy.
             it.add.is_none()
                 && it.x % 16 == 0
                 && it.x_stride % 32 == 0
@@ -514,7 +514,8 @@ impl CudaBackend {
     }
 
     /// The activations of a GEMM job as `gemm_split_x` leaves them: f16
-    /// parts (hi, lo) and per-16 scales and sums, indexed like `it.x`.
+    /// parts (hi, lo), a scale per 32 values and a sum per 16, indexed like
+    /// `it.x`.
     /// Covers the values the job's items read: `⌈n / x_div⌉` rows of the
     /// row length plus the group shifts.
     fn split_x(&self, m: &Mat, it: &Items) -> Result<SplitX> {
