@@ -549,18 +549,22 @@ __device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool wi
 
 // Attention of a batch (prefill) on the tensor cores (mma.sync m16n8k16,
 // f16 in, f32 accumulate), 32 heads of one token per block of 256 threads,
-// so the heads share every key load. Every product is exact: the queries go in as two f16 parts
-// of q 2^e (one power of two per head puts its largest |q| in [2^14,
-// 2^15)), the softmax weights (in (0, 1]) as two f16 parts, the keys as
-// they are when the official numerics have rounded every cached row to f16
-// (k_parts 1), else as two parts (k_parts 2; lo x lo is left out, 2^-22
-// relative). (1) scores: warp w takes heads 16 (w % 2).. and 16 keys of each
-// 64-key tile, over 128-dim chunks; (2) as attend_heads; (3) warp w takes
-// dims 64 w..64 w + 63 of all 32 heads over 16-key tiles, the keys read
-// transposed by ldmatrix. Key tiles are fetched into registers while the
-// previous one is multiplied. Grid (ceil(n_heads / 32), T); head_dim a
-// multiple of 128, at most 512; s_stride >= the most keys of any token,
-// rounded up to 16.
+// so the heads share every key load. Every product is exact: the queries
+// go in as two f16 parts of q 2^e (one power of two per head puts its
+// largest |q| in [2^14, 2^15)), the softmax weights (in (0, 1]) as two f16
+// parts, the keys as they are when the official numerics have rounded
+// every cached row to f16 (k_parts 1; K16: from f16 copies), else as two
+// parts (k_parts 2; lo x lo is left out, 2^-22 relative). Three phases:
+// (1) scores S = scale * q.k into shared memory: warp w takes heads
+//     16 (w % 2).. and 16 keys of each 64-key tile, over 128-dim chunks;
+// (2) per head (a warp takes 4): m = max(sink, S), S <- e^(S - m),
+//     den = e^(sink - m) + sum e, zeros up to a multiple of 16 keys;
+// (3) o = sum_c e_c k_c: warp w takes dims 64 w..64 w + 63 of all 32 heads
+//     over 16-key tiles, the keys read transposed by ldmatrix; out = o / den.
+// The next key tile is fetched while one is multiplied (into registers, or
+// with K16 by cp.async into the other of two buffers). Grid
+// (ceil(n_heads / 32), T); head_dim a multiple of 128, at most 512;
+// s_stride >= the most keys of any token, rounded up to 16.
 template <bool K16>
 __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const float* __restrict__ q,
                                                 const float* __restrict__ raw,
