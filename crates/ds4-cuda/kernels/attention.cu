@@ -552,9 +552,9 @@ __device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool wi
 // so the heads share every key load. Every product is exact: the queries
 // go in as two f16 parts of q 2^e (one power of two per head puts its
 // largest |q| in [2^14, 2^15)), the softmax weights (in (0, 1]) as two f16
-// parts, the keys as they are when the official numerics have rounded
-// every cached row to f16 (k_parts 1; K16: from f16 copies), else as two
-// parts (k_parts 2; lo x lo is left out, 2^-22 relative). Three phases:
+// parts, the keys as one part from f16 copies of the cache when the official
+// numerics have rounded every cached row to f16 (K16), else as two parts
+// (lo x lo is left out, 2^-22 relative). Three phases:
 // (1) scores S = scale * q.k into shared memory: warp w takes heads
 //     16 (w % 2).. and 16 keys of each 64-key tile, over 128-dim chunks;
 // (2) per head (a warp takes 4): m = max(sink, S), S <- e^(S - m),
@@ -574,7 +574,7 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
                                                 const int* __restrict__ sel, int top_k,
                                                 const float* __restrict__ sinks, int n_heads,
                                                 int head_dim, int window, int pos0, float scale,
-                                                int s_stride, int k_parts) {
+                                                int s_stride) {
     extern __shared__ __align__(16) u8 smb[];
     const int tid = threadIdx.x, warp = tid / DS4_WARP, lane = tid % DS4_WARP;
     const int g = lane >> 2, t4 = lane & 3;
@@ -582,7 +582,7 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
     const AttendKeys ak(pos0 + t, window, ratio, sel, top_k, t);
     const int n_keys = ak.n_keys;
     const int nj = head_dim / 128;
-    const bool two = !K16 && k_parts == 2;
+    const bool two = !K16;  // f32 keys (exact numerics): two f16 parts
     const int QL = head_dim + 8;              // f16 per query row (padding: no bank conflicts)
     const int KR1 = 136, KR3 = head_dim + 8;  // f16 per key row in phases 1 and 3
     const int KPART = max(64 * KR1, 16 * KR3);
@@ -865,10 +865,10 @@ __device__ __forceinline__ void attend_mma_impl(float* __restrict__ out, const f
         }
 }
 
-extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp, int ratio, const int* __restrict__ sel, int top_k, const float* __restrict__ sinks, int n_heads, int head_dim, int window, int pos0, float scale, int s_stride, int k_parts) {
+extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ raw, int raw_cap, const float* __restrict__ comp, int ratio, const int* __restrict__ sel, int top_k, const float* __restrict__ sinks, int n_heads, int head_dim, int window, int pos0, float scale, int s_stride) {
     ds4_pdl_enter();
     attend_mma_impl<false>(out, q, raw, 0, raw_cap, comp, 0, ratio, sel, top_k, sinks, n_heads,
-                           head_dim, window, pos0, scale, s_stride, k_parts);
+                           head_dim, window, pos0, scale, s_stride);
 }
 
 // The keys as f16 copies of the cache (official numerics: every cached row
@@ -877,7 +877,7 @@ extern "C" __global__ void __launch_bounds__(256) attend_mma(float* __restrict__
 extern "C" __global__ void __launch_bounds__(256, 1) attend_mma_f16(float* __restrict__ out, const float* __restrict__ q, const u16* __restrict__ raw16, int raw_cap, const u16* __restrict__ comp16, int ratio, const int* __restrict__ sel, int top_k, const float* __restrict__ sinks, int n_heads, int head_dim, int window, int pos0, float scale, int s_stride) {
     ds4_pdl_enter();
     attend_mma_impl<true>(out, q, 0, raw16, raw_cap, 0, comp16, ratio, sel, top_k, sinks, n_heads,
-                          head_dim, window, pos0, scale, s_stride, 1);
+                          head_dim, window, pos0, scale, s_stride);
 }
 
 // dst = src as f16 (round to nearest even), n a multiple of 4.

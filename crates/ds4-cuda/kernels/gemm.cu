@@ -62,10 +62,10 @@ struct GemmJobs {
     GemmJob j[2];
 };
 
-// Bytes 0, 1 (half 0) or 2, 3 (half 1) of w as an f16 pair of their
-// unsigned values minus `bias` (an f16 pair; exact for values < 1024): each
-// byte goes under the exponent of 1024 (0x64XX = 1024 + b), then 1024 +
-// bias is subtracted from both halves at once.
+// Bytes 0, 1 (half 0) or 2, 3 (half 1) of w as an f16 pair: each byte goes
+// under the exponent of 1024 (0x64XX = 1024 + b, exact), then the f16 pair
+// `minus` (1024, or 1152 for signed bytes biased by 128) is subtracted from
+// both halves at once.
 __device__ __forceinline__ u32 h2_bytes(u32 w, int half, u32 minus) {
     const u32 h = __byte_perm(w, 0x64646464u, half ? 0x4342u : 0x4140u);
     u32 r;

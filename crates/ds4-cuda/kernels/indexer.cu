@@ -8,7 +8,8 @@
 // warps take 8 rows each; lane l computes heads l and l + 32. The dot and
 // the head sum run in index order with separately rounded products, as
 // the CPU computes them. Grid (ceil(visible / rpb), T), rpb rows per block
-// (a multiple of 8: 8 for a decode step, more for batches); head_dim 128.
+// (a multiple of 8; the backend uses 8, for decode steps over few rows, and
+// the tiled kernels below otherwise); head_dim 128.
 extern "C" __global__ void index_scores(float* __restrict__ scores, i64 scores_stride,
                                         const float* __restrict__ q,
                                         const float* __restrict__ w,

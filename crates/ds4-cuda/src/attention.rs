@@ -133,9 +133,7 @@ impl CudaBackend {
         let args: Vec<Arg> = common.into_iter().chain(rest).collect();
         self.gpu.launch(name, grid, 256, smem as u32, &args)
     }
-}
 
-impl CudaBackend {
     /// One indexer-score launch on host data (self-test: the kernels must
     /// agree bit for bit). Returns `tokens x visible_last` scores with the
     /// entries a kernel leaves unwritten set to NaN.
@@ -654,9 +652,6 @@ impl CudaBackend {
             let mut args = vec![Arg::Ptr(self.ptr(&out)), Arg::Ptr(self.ptr(q))];
             args.extend(keys(raw_ptr, comp_ptr));
             args.push(Arg::I32(s_stride as i32));
-            if copies.is_none() {
-                args.push(Arg::I32(2)); // key parts
-            }
             self.gpu.launch(
                 name,
                 (heads.div_ceil(32) as u32, t as u32, 1),
