@@ -488,42 +488,30 @@ __device__ __forceinline__ float gemv_epilogue(const MatJob& J, int item, int ro
     return t + v;
 }
 
-// With STAGE, a block whose warps all read the same x row (no x groups,
-// row_len <= DS4_XS_MAX: a block-uniform test) first copies that row into
-// `xs` (coalesced) and the lanes read it from there; the arithmetic and its
-// order are the same either way, so staged and unstaged results are
-// bit-identical.
-template <class Fmt, int R, bool STAGE>
-__device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, float* xs) {
-    __shared__ float part[DS4_GEMV_WARPS][R];
-    const MatJob& J = js.j[gemv_job(js)];
-    const int item = blockIdx.y;
-    if (item >= J.n_items) return;  // uniform over the block
-    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
-    const int ks = J.ksplit;
-    const int groups = DS4_GEMV_WARPS / ks;
-    const int g = warp / ks, s = warp % ks;
-    const int row0 = (((int)blockIdx.x - J.block0) * groups + g) * R;
+// Where the R rows of row batch `batch` start (row0; clamped to the
+// matrix: r0, rmax).
+struct GemvRows {
+    const u8* r0;
+    int row0, rmax;
+};
+
+__device__ __forceinline__ GemvRows gemv_rows(const MatJob& J, int item, int batch, int R) {
+    GemvRows out;
+    out.row0 = batch * R;
     const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
-    const int first = min(row0, J.n_rows - 1);
-    const u8* r0 = J.w + m * J.mat_bytes + (u64)first * J.row_bytes;
-    const int rmax = J.n_rows - 1 - first;
-    const int grp = first / J.x_grp_rows;
-    const float* xr = J.x + (i64)(item / J.x_div) * J.x_stride + (i64)grp * J.x_grp_stride;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    if (STAGE && J.x_grp_rows >= J.n_rows && J.row_len <= DS4_XS_MAX) {
-        for (int i = 4 * (int)threadIdx.x; i < J.row_len; i += 4 * (int)blockDim.x)
-            *(float4*)(xs + i + ((i >> 5) << 2)) = ldx4(xr + i);
-        __syncthreads();
-        Fmt::template dot<R, true>(r0, J.row_bytes, rmax, xs, J.row_len, J.row_len / Fmt::BLK,
-                                   lane + DS4_WARP * s, DS4_WARP * ks, acc, grid);
-    } else {
-        Fmt::template dot<R, false>(r0, J.row_bytes, rmax, xr, J.row_len,
-                                    J.row_len / Fmt::BLK, lane + DS4_WARP * s, DS4_WARP * ks,
-                                    acc, grid);
-    }
+    const int first = min(out.row0, J.n_rows - 1);
+    out.r0 = J.w + m * J.mat_bytes + (u64)first * J.row_bytes;
+    out.rmax = J.n_rows - 1 - first;
+    return out;
+}
+
+// Lane partial sums of R rows -> y: xor butterflies, then the ksplit warps
+// of the rows in warp order (through `part`).
+template <int R>
+__device__ __forceinline__ void gemv_store(const MatJob& J, int item, int row0, float* acc,
+                                           int s, int warp, int lane,
+                                           float (*part)[R]) {
+    const int ks = J.ksplit;
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
     float* y = J.y + (i64)item * J.y_stride;
@@ -548,6 +536,40 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, fl
             if (row0 + r < J.n_rows) y[row0 + r] = gemv_epilogue(J, item, row0 + r, t);
         }
     }
+}
+
+// With STAGE, a block whose warps all read the same x row (no x groups,
+// row_len <= DS4_XS_MAX: a block-uniform test) first copies that row into
+// `xs` (coalesced) and the lanes read it from there; the arithmetic and its
+// order are the same either way, so staged and unstaged results are
+// bit-identical.
+template <class Fmt, int R, bool STAGE>
+__device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, float* xs) {
+    __shared__ float part[DS4_GEMV_WARPS][R];
+    const MatJob& J = js.j[gemv_job(js)];
+    const int item = blockIdx.y;
+    if (item >= J.n_items) return;  // uniform over the block
+    const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
+    const int ks = J.ksplit, s = warp % ks;
+    const GemvRows g =
+        gemv_rows(J, item, ((int)blockIdx.x - J.block0) * (DS4_GEMV_WARPS / ks) + warp / ks, R);
+    const int grp = (g.row0 < J.n_rows ? g.row0 : J.n_rows - 1) / J.x_grp_rows;
+    const float* xr = J.x + (i64)(item / J.x_div) * J.x_stride + (i64)grp * J.x_grp_stride;
+    const int c0 = lane + DS4_WARP * s, cstep = DS4_WARP * ks;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    if (STAGE && J.x_grp_rows >= J.n_rows && J.row_len <= DS4_XS_MAX) {
+        for (int i = 4 * (int)threadIdx.x; i < J.row_len; i += 4 * (int)blockDim.x)
+            *(float4*)(xs + i + ((i >> 5) << 2)) = ldx4(xr + i);
+        __syncthreads();
+        Fmt::template dot<R, true>(g.r0, J.row_bytes, g.rmax, xs, J.row_len,
+                                   J.row_len / Fmt::BLK, c0, cstep, acc, grid);
+    } else {
+        Fmt::template dot<R, false>(g.r0, J.row_bytes, g.rmax, xr, J.row_len,
+                                    J.row_len / Fmt::BLK, c0, cstep, acc, grid);
+    }
+    gemv_store<R>(J, item, g.row0, acc, s, warp, lane, part);
 }
 
 #define DS4_GEMV(NAME, FMT, R)                                                            \

@@ -16,8 +16,9 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::{CudaError, Result};
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
-const FILES: [(&str, &str); 6] = [
+const FILES: [(&str, &str); 7] = [
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
+    ("matvec_i8.cu", include_str!("../kernels/matvec_i8.cu")),
     ("gemm.cu", include_str!("../kernels/gemm.cu")),
     ("hc.cu", include_str!("../kernels/hc.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
@@ -43,6 +44,8 @@ pub const KERNELS: &[&str] = &[
     "gemv_q8_0_xs",
     "gemv_q2_k_xs",
     "gemv_iq2_xxs_xs",
+    "gemv_iq2_xxs_i8",
+    "gemv_q2_k_i8",
     "dequant_f32",
     "dequant_f16",
     "dequant_q8_0",

@@ -65,6 +65,11 @@ pub struct CudaOptions {
     /// rather than `attend_part` (8 heads per block, f32 on the CUDA
     /// cores); the two agree to rounding.
     pub tensor_core_attention: bool,
+    /// Decode GEMVs of IQ2_XXS and Q2_K weights (the routed experts) take
+    /// the activation row as three int8 planes per 32 values (21 bits below
+    /// the group's largest value) and sum with dp4a (`matvec_i8.cu`),
+    /// rather than decoding every weight to f32; the two agree to rounding.
+    pub int8_expert_gemvs: bool,
 }
 
 /// Per weight format, whether the fast decode GEMV first copies the
@@ -140,6 +145,7 @@ impl Default for CudaOptions {
             dependent_launch: true,
             q8_0_x_registers: true,
             tensor_core_attention: true,
+            int8_expert_gemvs: true,
         }
     }
 }

@@ -30,6 +30,8 @@ const GEMV_TARGET_WARPS: usize = 4096;
 const XR_TARGET_WARPS: usize = 2048;
 /// Rows per batch of `gemv_q8_0_xr` (the kernel's R).
 const XR_ROWS: usize = 4;
+/// SMs the launch sizes assume (H100 / H200).
+const SMS: usize = 132;
 
 /// A weight matrix (or stack of matrices) on the device.
 #[derive(Clone, Copy, Debug)]
@@ -213,6 +215,11 @@ enum KSplit {
     Chunks(usize),
     /// Into 1024-value slices, one warp each (`gemv_q8_0_xr`).
     Slices,
+    /// Into `ks` shares (the fixed chunks per lane of the int8-plane
+    /// kernels, matvec_i8.cu), in about `blocks_per_sm` blocks per SM (the
+    /// kernel's occupancy) that each quantise their x row once and walk
+    /// several row batches.
+    Planes { ks: usize, blocks_per_sm: usize },
 }
 
 /// The GEMV kernel for a format: fast (16-byte loads) when the shape allows,
@@ -239,6 +246,32 @@ fn gemv_kernel(
                     .all(|it| it.x_grp.is_none_or(|(rows, _)| rows % XR_ROWS == 0)) =>
         {
             return Ok(("gemv_q8_0_xr", XR_ROWS, KSplit::Slices));
+        }
+        // The planes kernels: one x row per item, and (their CH) 4 IQ2_XXS
+        // or 1 Q2_K chunk per lane per row.
+        GgmlType::IQ2_XXS
+            if opts.int8_expert_gemvs
+                && m.addr.is_multiple_of(16)
+                && l == 4096
+                && its.iter().all(|it| it.x_grp.is_none()) =>
+        {
+            let split = KSplit::Planes {
+                ks: 1,
+                blocks_per_sm: 2,
+            };
+            return Ok(("gemv_iq2_xxs_i8", 2, split));
+        }
+        GgmlType::Q2_K
+            if opts.int8_expert_gemvs
+                && m.addr.is_multiple_of(16)
+                && (l == 2048 || l == 4096)
+                && its.iter().all(|it| it.x_grp.is_none()) =>
+        {
+            let split = KSplit::Planes {
+                ks: l / 2048,
+                blocks_per_sm: 2,
+            };
+            return Ok(("gemv_q2_k_i8", 4, split));
         }
         GgmlType::Q8_0 if aligned && l.is_multiple_of(256) => {
             (if st { "gemv_q8_0_xs" } else { "gemv_q8_0" }, 2, l / 16)
@@ -456,6 +489,11 @@ impl CudaBackend {
                         let target = (XR_TARGET_WARPS / ks / n.max(1)).max(1);
                         let per = groups.div_ceil(target);
                         (ks, groups.div_ceil(per).div_ceil(8 / ks))
+                    }
+                    KSplit::Planes { ks, blocks_per_sm } => {
+                        let n_blocks = groups.div_ceil(8 / ks);
+                        let per_job = SMS * blocks_per_sm / (jobs.len() * n.max(1));
+                        (ks, n_blocks.min(per_job.max(1)))
                     }
                     KSplit::Chunks(chunks) => {
                         let mut ks = 1usize;

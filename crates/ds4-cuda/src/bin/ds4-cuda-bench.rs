@@ -45,7 +45,8 @@ fn usage() -> ExitCode {
          [--breakdown FILE] [--deadline-s S] [--exact] [GPU OPTIONS]\n       \
          ds4-cuda-bench products -m FILE [--reps N] [--runs N] [GPU OPTIONS]\n\
          GPU OPTIONS: [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] [--no-dependent-launch]\n       \
-         [--q8-x-registers on|off] [--attention-mma on|off]"
+         [--q8-x-registers on|off] [--attention-mma on|off]\n       \
+         [--int8-experts on|off]"
     );
     ExitCode::from(2)
 }
@@ -87,6 +88,7 @@ fn gpu_option(args: &[String], i: &mut usize, opts: &mut CudaOptions) -> Result<
         "--attention-mma" => {
             opts.tensor_core_attention = on_off(value(args, i, "--attention-mma")?)?
         }
+        "--int8-experts" => opts.int8_expert_gemvs = on_off(value(args, i, "--int8-experts")?)?,
         _ => return Ok(false),
     }
     Ok(true)

@@ -47,6 +47,11 @@ impl Report {
 
     /// A stage output against the CPU reference: max |gpu − cpu| / max |cpu|.
     pub fn compare(&mut self, name: &str, gpu: &[f32], cpu: &[f32]) -> f64 {
+        self.compare_within(name, gpu, cpu, STAGE_LIMIT)
+    }
+
+    /// `compare` with another limit.
+    pub fn compare_within(&mut self, name: &str, gpu: &[f32], cpu: &[f32], limit: f64) -> f64 {
         if gpu.len() != cpu.len() {
             self.push(
                 name,
@@ -58,8 +63,8 @@ impl Report {
         let err = max_rel(gpu, cpu);
         self.push(
             name,
-            format!("max rel err {err:.2e} (limit {STAGE_LIMIT:.0e})"),
-            err <= STAGE_LIMIT,
+            format!("max rel err {err:.2e} (limit {limit:.0e})"),
+            err <= limit,
         );
         err
     }

@@ -223,7 +223,47 @@ fn formats(c: &mut Ctx, report: &mut Report) -> Res<()> {
             }
             report.compare(&format!("matvec {t} x{n_tok} ({name})"), &got, &want);
         }
+        if matches!(t, GgmlType::IQ2_XXS | GgmlType::Q2_K) && row_len >= 1024 {
+            planes_range(c, report, &name, t, row_len, n_rows, &bytes)?;
+        }
     }
+    Ok(())
+}
+
+/// The expert GEMVs on int8 activation planes (matvec_i8.cu) keep each x
+/// to 21 bits below its 32-value group's largest |x|: with groups spread
+/// over 2^±20 (and an all-zero group) the products stay within 1e-5 of
+/// ds4-quant's f32 matvec.
+fn planes_range(
+    c: &mut Ctx,
+    report: &mut Report,
+    name: &str,
+    t: GgmlType,
+    row_len: usize,
+    n_rows: usize,
+    bytes: &[u8],
+) -> Res<()> {
+    let n_tok = 3;
+    let mut x = uniform(&mut c.rng, n_tok * row_len, 1.0);
+    for (g, group) in x.chunks_exact_mut(32).enumerate() {
+        let scale = if g % 37 == 5 {
+            0.0
+        } else {
+            2f32.powi(c.rng.random_range(-20..=20))
+        };
+        group.iter_mut().for_each(|v| *v *= scale);
+    }
+    let got = c.gpu.matmul_host(t, row_len, n_rows, bytes, &x)?;
+    let mut want = vec![0f32; n_tok * n_rows];
+    for (xt, yt) in x.chunks_exact(row_len).zip(want.chunks_exact_mut(n_rows)) {
+        ds4_quant::matvec(format_of(t), bytes, n_rows, xt, yt)?;
+    }
+    report.compare_within(
+        &format!("matvec {t} x{n_tok} ({name}, x over 2^±20)"),
+        &got,
+        &want,
+        1e-5,
+    );
     Ok(())
 }
 
