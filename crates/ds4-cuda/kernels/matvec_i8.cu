@@ -128,10 +128,13 @@ __device__ __forceinline__ int planes_dot4(const u32 w[4], const uint4 p[3]) {
 // nibble k = (grid code of weight k: 0, 1, 2 for 8, 25, 43) + 4 (negative).
 // The selectors of a grid row (8 nibbles: `gsel`) and the sign bits of a
 // sign index (bit 2 of each nibble: `ssel`) come from shared-memory tables
-// held in 16 copies, lane l reading copy l mod 16, so that a warp's random
-// lookups rarely meet in a bank (Nsight, docs/bench r42: one copy of the
-// u64 tables made these launches shared-memory bound).
-#define DS4_IQ2_COPIES 16
+// held in 32 copies, lane l reading copy l (in bank l), so that a warp's
+// random lookups never meet in a bank (docs/bench r44/r45: one copy of u64
+// tables made these launches shared-memory bound, 16 copies left a third
+// of the wavefronts to conflicts). The tables are 48 KB of dynamic shared
+// memory (DS4_IQ2_TABLE_BYTES).
+#define DS4_IQ2_COPIES 32
+#define DS4_IQ2_TABLE_BYTES ((256 + 128) * DS4_IQ2_COPIES * 4)
 #define DS4_IQ2_VALUES_POS 0x002B1908u
 #define DS4_IQ2_VALUES_NEG 0x00D5E7F8u
 
@@ -181,9 +184,9 @@ struct I8IQ2XXS {
                 u32 w[8];
 #pragma unroll
                 for (int l = 0; l < 4; l++) {
-                    // Byte offsets 64 * index + copy4 (one shift, one mask-or).
-                    const u32 go = (l == 0 ? a0 << 6 : a0 >> (8 * l - 6)) & (0xffu << 6);
-                    const u32 so = (l == 0 ? a1 << 6 : a1 >> (7 * l - 6)) & (0x7fu << 6);
+                    // Byte offsets 128 * index + copy4 (one shift, one mask-or).
+                    const u32 go = (l == 0 ? a0 << 7 : a0 >> (8 * l - 7)) & (0xffu << 7);
+                    const u32 so = (l == 0 ? a1 << 7 : a1 >> (7 * l - 7)) & (0x7fu << 7);
                     const u32 sel = *(const u32*)(gb + (go | copy4)) |
                                     *(const u32*)(sb + (so | copy4));
                     w[2 * l] = prmt(DS4_IQ2_VALUES_POS, DS4_IQ2_VALUES_NEG, sel);
@@ -299,8 +302,9 @@ __device__ __forceinline__ void gemv_i8_impl(const MatJobs& js, const u32* tab0,
 
 extern "C" __global__ void __launch_bounds__(256, 2) gemv_iq2_xxs_i8(const MatJobs js) {
     ds4_pdl_enter();
-    __shared__ u32 gsel[256 * DS4_IQ2_COPIES];
-    __shared__ u32 ssel[128 * DS4_IQ2_COPIES];
+    extern __shared__ __align__(16) u32 tables[];  // DS4_IQ2_TABLE_BYTES
+    u32* gsel = tables;
+    u32* ssel = tables + 256 * DS4_IQ2_COPIES;
     __shared__ __align__(16) u8 xq[DS4_XQ_BYTES];
     {
         const int i = threadIdx.x;
@@ -315,10 +319,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemv_iq2_xxs_i8(const MatJo
         const u32 sg = ksigns_iq2xs(i & 127);
 #pragma unroll
         for (int k = 0; k < 8; k++) sv |= ((sg >> k) & 1) << (4 * k + 2);
+        // Copies as 16-byte stores: 4 copies of the entry per store.
+        const uint4 v4 = make_uint4(v, v, v, v), s4 = make_uint4(sv, sv, sv, sv);
 #pragma unroll
-        for (int c = 0; c < DS4_IQ2_COPIES; c++) {
-            gsel[i * DS4_IQ2_COPIES + c] = v;
-            if (i < 128) ssel[i * DS4_IQ2_COPIES + c] = sv;
+        for (int c = 0; c < DS4_IQ2_COPIES; c += 4) {
+            *(uint4*)&gsel[i * DS4_IQ2_COPIES + c] = v4;
+            if (i < 128) *(uint4*)&ssel[i * DS4_IQ2_COPIES + c] = s4;
         }
     }
     gemv_i8_impl<I8IQ2XXS<2, 4>, 2>(js, gsel, ssel, xq);

@@ -301,23 +301,7 @@ impl Gpu {
         args: &[Arg],
     ) -> Result<()> {
         let f = self.func(name)?;
-        // Above 48 KB of dynamic + static shared memory a kernel must opt
-        // in; kernels have up to a few KB static, so opt in well before.
-        if smem > 40 * 1024 {
-            if smem as usize > self.max_smem_optin {
-                return Err(CudaError::Unsupported(format!(
-                    "{name} needs {smem} bytes of shared memory, the device allows {}",
-                    self.max_smem_optin
-                )));
-            }
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(|e| {
-                CudaError::Invalid(format!("{name}: {smem} bytes of shared memory: {e:?}"))
-            })?;
-        }
+        self.allow_smem(name, &f, smem)?;
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block} smem {smem} args {args:?}");
         }
@@ -340,24 +324,46 @@ impl Gpu {
         unsafe { self.raw_launch(name, f, grid, block, smem, &mut params) }
     }
 
+    /// Above 48 KB of dynamic + static shared memory a kernel must opt in;
+    /// kernels have up to a few KB static, so opt in well before.
+    fn allow_smem(&self, name: &str, f: &CudaFunction, smem: u32) -> Result<()> {
+        if smem <= 40 * 1024 {
+            return Ok(());
+        }
+        if smem as usize > self.max_smem_optin {
+            return Err(CudaError::Unsupported(format!(
+                "{name} needs {smem} bytes of shared memory, the device allows {}",
+                self.max_smem_optin
+            )));
+        }
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(|e| CudaError::Invalid(format!("{name}: {smem} bytes of shared memory: {e:?}")))
+    }
+
     /// Launches `name` with one by-value struct argument (`MatJobs`,
-    /// `GemmJobs`: kernels whose C signature is exactly that struct).
+    /// `GemmJobs`: kernels whose C signature is exactly that struct) and
+    /// `smem` bytes of dynamic shared memory.
     pub fn launch_struct<S: DeviceRepr>(
         &self,
         name: &str,
         grid: (u32, u32, u32),
         block: u32,
+        smem: u32,
         arg: &S,
     ) -> Result<()> {
         let f = self.func(name)?;
+        self.allow_smem(name, &f, smem)?;
         if self.trace {
-            eprintln!("launch {name} grid {grid:?} block {block}");
+            eprintln!("launch {name} grid {grid:?} block {block} smem {smem}");
         }
         let mut params = [(arg as *const S).cast_mut().cast::<std::ffi::c_void>()];
         // SAFETY: `S` is the #[repr(C)] mirror of the kernel's only
         // parameter, whose device pointers the caller built from live
         // buffers sized for the launch.
-        unsafe { self.raw_launch(name, f, grid, block, 0, &mut params) }
+        unsafe { self.raw_launch(name, f, grid, block, smem, &mut params) }
     }
 
     /// Whether kernels are launched as programmatic dependents of the

@@ -32,6 +32,9 @@ const XR_TARGET_WARPS: usize = 2048;
 const XR_ROWS: usize = 4;
 /// SMs the launch sizes assume (H100 / H200).
 const SMS: usize = 132;
+/// Dynamic shared memory of `gemv_iq2_xxs_i8` (matvec_i8.cu
+/// `DS4_IQ2_TABLE_BYTES`: 384 table entries in 32 copies).
+const IQ2_TABLE_BYTES: u32 = 384 * 32 * 4;
 
 /// A weight matrix (or stack of matrices) on the device.
 #[derive(Clone, Copy, Debug)]
@@ -218,8 +221,12 @@ enum KSplit {
     /// Into `ks` shares (the fixed chunks per lane of the int8-plane
     /// kernels, matvec_i8.cu), in about `blocks_per_sm` blocks per SM (the
     /// kernel's occupancy) that each quantise their x row once and walk
-    /// several row batches.
-    Planes { ks: usize, blocks_per_sm: usize },
+    /// several row batches; `smem` bytes of dynamic shared memory.
+    Planes {
+        ks: usize,
+        blocks_per_sm: usize,
+        smem: u32,
+    },
 }
 
 /// The GEMV kernel for a format: fast (16-byte loads) when the shape allows,
@@ -258,6 +265,7 @@ fn gemv_kernel(
             let split = KSplit::Planes {
                 ks: 1,
                 blocks_per_sm: 2,
+                smem: IQ2_TABLE_BYTES,
             };
             return Ok(("gemv_iq2_xxs_i8", 2, split));
         }
@@ -270,6 +278,7 @@ fn gemv_kernel(
             let split = KSplit::Planes {
                 ks: l / 2048,
                 blocks_per_sm: 2,
+                smem: 0,
             };
             return Ok(("gemv_q2_k_i8", 4, split));
         }
@@ -463,6 +472,10 @@ impl CudaBackend {
     fn gemv(&self, jobs: &[(Mat, Items)]) -> Result<()> {
         let its: Vec<Items> = jobs.iter().map(|j| j.1).collect();
         let (kernel, r, split) = gemv_kernel(&jobs[0].0, &its, &self.opts)?;
+        let smem = match split {
+            KSplit::Planes { smem, .. } => smem,
+            _ => 0,
+        };
         // Splits keep whole x_div groups together, so x moves by whole rows.
         let cap = jobs
             .iter()
@@ -490,7 +503,9 @@ impl CudaBackend {
                         let per = groups.div_ceil(target);
                         (ks, groups.div_ceil(per).div_ceil(8 / ks))
                     }
-                    KSplit::Planes { ks, blocks_per_sm } => {
+                    KSplit::Planes {
+                        ks, blocks_per_sm, ..
+                    } => {
                         let n_blocks = groups.div_ceil(8 / ks);
                         let per_job = SMS * blocks_per_sm / (jobs.len() * n.max(1));
                         (ks, n_blocks.min(per_job.max(1)))
@@ -543,8 +558,13 @@ impl CudaBackend {
                 grid_y = grid_y.max(n);
             }
             if grid_y > 0 {
-                self.gpu
-                    .launch_struct(kernel, (blocks as u32, grid_y as u32, 1), BLOCK, &js)?;
+                self.gpu.launch_struct(
+                    kernel,
+                    (blocks as u32, grid_y as u32, 1),
+                    BLOCK,
+                    smem,
+                    &js,
+                )?;
             }
             done += cap;
         }
@@ -653,6 +673,7 @@ impl CudaBackend {
             kernel,
             (grid_x as u32, grid_y as u32, jobs.len() as u32),
             GEMM_THREADS,
+            0,
             &js,
         )
     }
