@@ -12,20 +12,23 @@
 // i.e. x kept to 21 bits below the group's largest value (the prefill
 // GEMMs' two f16 parts keep 22). Every step is exact in f32 (power-of-two
 // scalings, residuals that fit the mantissa) but the last rounding; e is
-// clamped to [-100, 100] (finite activations below 2^100 assumed). A weight
+// clamped to [-100, 100] (finite activations below 2^100 assumed: a NaN or
+// infinity gives a wrong finite sum here, not a NaN; the residual stream
+// still carries it). A weight
 // group's dot with that x is then one int32,
 //
 //     S = ((sum w q1) 2^7 + sum w q2) 2^7 + sum w q3     (|S| < 2^31 here),
 //
 // three dp4a chains, scaled once by the weight scale and 2^(e-14). Integer
 // sums do not depend on their order: runs are bit-identical, and the sum
-// is exact for the planes' x. An IQ2_XXS word of 4 signed weights costs 3
-// integer operations (grid bytes, sign mask from a table), a Q2_K word 2.
+// is exact for the planes' x. An IQ2_XXS word of 4 signed weights costs one
+// byte permute (its selector from two table lookups), a Q2_K word a shift
+// and a mask.
 //
-// Latency, not issue, bounds these launches (Nsight, docs/bench r42: long
-// scoreboard stalls at 16 warps per SM), so a block issues the weight loads
-// of its first pass before it quantises x, and those of pass p + 1 before
-// it computes pass p.
+// Memory latency limits these launches as much as issue (Nsight, docs/bench
+// r42, r45: long-scoreboard stalls at 16 warps per SM), so a block issues
+// the weight loads of its first pass before it quantises x, and those of
+// pass p + 1 before it computes pass p.
 //
 // Plane layout, per 32-value group (DS4_XQ_STRIDE = 112 bytes):
 //   [q1: 32 B][q2: 32 B][q3: 32 B][2^(e-14): f32][sum of the first 16 and
@@ -118,9 +121,9 @@ __device__ __forceinline__ int planes_dot4(const u32 w[4], const uint4 p[3]) {
     return s;
 }
 
-// Formats: `Loads` holds the weights of one lane's CH chunks of R rows
-// (chunks c0, c0 + cstep, ...: the host makes a row exactly CH chunks per
-// lane); `load` issues them, `add` sums them against the planes.
+// Formats: a format struct holds the weights of one lane's CH chunks of R
+// rows (chunks c0, c0 + cstep, ...: the host makes a row exactly CH chunks
+// per lane); `load` issues their loads, `add` sums them against the planes.
 
 // IQ2_XXS: a chunk is one 32-value group (8 bytes: a0 = 4 grid indices,
 // a1 = 4 sign indices + scale). A word of 4 signed weights is one byte
