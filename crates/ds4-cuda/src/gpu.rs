@@ -301,7 +301,7 @@ impl Gpu {
         args: &[Arg],
     ) -> Result<()> {
         let f = self.func(name)?;
-        self.allow_smem(name, &f, smem)?;
+        self.allow_smem(name, f, smem)?;
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block} smem {smem} args {args:?}");
         }
@@ -355,7 +355,7 @@ impl Gpu {
         arg: &S,
     ) -> Result<()> {
         let f = self.func(name)?;
-        self.allow_smem(name, &f, smem)?;
+        self.allow_smem(name, f, smem)?;
         if self.trace {
             eprintln!("launch {name} grid {grid:?} block {block} smem {smem}");
         }
