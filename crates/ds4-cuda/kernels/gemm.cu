@@ -4,17 +4,20 @@
 // time (one "slab"). Quantised weights are exact small integers in f16
 // (Q8_0 -128..127, IQ2_XXS +-{8,25,43}, Q2_K 0..3, Q4_K 0..15) with a scale
 // (and, for the K formats, a min) per row and half slab; F16 weights are
-// used as they are. Each item's 32 values of a slab are scaled by a power
-// of two 2^e that puts their largest magnitude in [2^14, 2^15) and split
-// into two f16 parts, x 2^e = hi + lo, which keep 22 significant bits of
-// the largest value (an error of at most 2^-22 of it per value; smaller
-// values lose only what lies below that). The tensor cores add exact
-// products in f32, each half-slab sum is scaled back by 2^-e (exact):
+// used as they are. Each item's activation row is scaled by a power of two
+// 2^e that puts its largest magnitude in [2^14, 2^15) and split into two
+// f16 parts, x 2^e = hi + lo. Since f16 covers 2^-24 .. 2^15, every value
+// keeps 22 significant bits down to 2^-28 of the row's largest one (and the
+// error of smaller ones stays below 2^-38 of it). The tensor cores add
+// exact products in f32; a row's sums stay in units of 2^-e until the end:
 //
-//   y = sum over half slabs h: scale_h * 2^-e * (Wq_h . (hi_h + lo_h)) - min_h * sum(x_h)
+//   y = 2^-e * sum over half slabs h: (scale_h * (Wq_h . (hi_h + lo_h)) - min_h * sum(x_h 2^e))
 //
-// (Three bf16 parts, x = hi + mid + lo with all 24 bits, cost 1.5x the
-// tensor work and the splitting; docs/bench r26 compares the two.)
+// With one scale per slab (Q8_0, IQ2_XXS, Q4_K, F16) a slab's products are
+// scaled once (one FMA per output); Q2_K scales each half slab. (A scale per
+// 32 values of x, as before docs/bench r48, cost a multiply per output and
+// half slab more; three bf16 parts, x = hi + mid + lo with all 24 bits,
+// cost 1.5x the tensor work and the splitting, r26.)
 //
 // mma.sync m16n8k16 (f32 accumulate); 4 warps as 2 (rows) x 2 (items), a
 // warp owns 64 x 32 outputs (the larger the warp tile, the fewer fragment
@@ -34,8 +37,8 @@
 #define MT_LD 40  // 16-bit values per smem row: 32 + 8 of padding (no bank conflicts)
 
 // The activations as gemm_split_x leaves them, indexed like x: the f16
-// parts hi and lo, per 32 values 2^-e (x_inv), per 16 the sum of the raw
-// values (x_sum).
+// parts hi and lo, per 16 the sum of the scaled values (x_sum); per row of
+// x, 2^-e (x_inv).
 struct GemmJob {
     const u8* w;
     u64 mat_bytes;
@@ -251,45 +254,70 @@ struct MmaF16 {
     }
 };
 
-// Every 32-value group of rows x width of x (row stride x_stride, all
-// multiples of 32): the power of two 2^e that puts the group's largest
-// magnitude in [2^14, 2^15) (e = 126 for all-zero and subnormal groups,
-// kept in [-126, 126]; inf and NaN pass through), the two f16 parts of
-// x 2^e, 2^-e, and for each half the sum of its raw values (two runs of 8
-// in order, then their sum; used by the formats with mins). Four threads
-// (a quad of lanes) per group, 8 values each.
-extern "C" __global__ void gemm_split_x(const float* __restrict__ x, i64 x_stride, int width,
-                                        int rows, u16* __restrict__ hi, u16* __restrict__ lo,
-                                        float* __restrict__ inv, float* __restrict__ sum) {
+// Each of `rows` rows of x (width values, a multiple of 32; row stride
+// x_stride) by one block: the power of two 2^e that puts the row's largest
+// magnitude in [2^14, 2^15) (e = 126 for all-zero and subnormal rows, kept
+// in [-126, 126]; inf and NaN pass through), the two f16 parts of x 2^e,
+// 2^-e, and per 16 values the sum of the scaled values (two runs of 8 in
+// order, then their sum; used by the formats with mins). A thread per run
+// of 8 values (adjacent runs in adjacent lanes).
+extern "C" __global__ void __launch_bounds__(256) gemm_split_x(const float* __restrict__ x,
+                                                              i64 x_stride, int width, int rows,
+                                                              u16* __restrict__ hi,
+                                                              u16* __restrict__ lo,
+                                                              float* __restrict__ inv,
+                                                              float* __restrict__ sum) {
     ds4_pdl_enter();
-    const int rpr = width / 8;  // runs of 8 per row
-    const i64 g = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= (i64)rows * rpr) return;  // whole quads: rows * rpr is a multiple of 4
-    const int run = (int)(g & 3);
-    const u32 quad = 0xfu << (threadIdx.x & 28);
-    const i64 at = g / rpr * x_stride + g % rpr * 8;
-    const float4 f0 = *(const float4*)(x + at), f1 = *(const float4*)(x + at + 4);
-    const float v[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
-    float mx = 0.0f, s = v[0];
+    __shared__ float wmax[8];
+    const int row = blockIdx.x;
+    if (row >= rows) return;  // uniform over the block
+    const float* xr = x + (i64)row * x_stride;
+    const int runs = width / 8;
+    float mx = 0.0f;
+    for (int r = threadIdx.x; r < runs; r += blockDim.x) {
+        const float4 f0 = *(const float4*)(xr + 8 * r), f1 = *(const float4*)(xr + 8 * r + 4);
+        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f0.x), fabsf(f0.y)), fmaxf(fabsf(f0.z), fabsf(f0.w))));
+        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(f1.x), fabsf(f1.y)), fmaxf(fabsf(f1.z), fabsf(f1.w))));
+    }
 #pragma unroll
-    for (int i = 0; i < 8; i++) mx = fmaxf(mx, fabsf(v[i]));
-#pragma unroll
-    for (int i = 1; i < 8; i++) s += v[i];
-    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(quad, mx, 2));
-    const float s_next = __shfl_xor_sync(quad, s, 1);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (threadIdx.x % DS4_WARP == 0) wmax[threadIdx.x / DS4_WARP] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / DS4_WARP; w++) mx = fmaxf(mx, wmax[w]);
     const int ex = (__float_as_int(mx) >> 23) & 0xff;
     const int e = mx == 0.0f ? 126 : max(-126, min(126, 14 - (ex - 127)));
     const float up = pow2f(e);
-    u32 h[8], l[8];
+    if (threadIdx.x == 0) inv[row] = pow2f(-e);
+    // Whole warps run every iteration (runs is a multiple of 4, blockDim of
+    // 32), so the pair shuffle below always has its partner.
+    for (int r0 = 0; r0 < runs; r0 += blockDim.x) {
+        const int r = r0 + (int)threadIdx.x;
+        const bool on = r < runs;
+        float v[8];
+        if (on) {
+            const float4 f0 = *(const float4*)(xr + 8 * r), f1 = *(const float4*)(xr + 8 * r + 4);
+            v[0] = f0.x * up, v[1] = f0.y * up, v[2] = f0.z * up, v[3] = f0.w * up;
+            v[4] = f1.x * up, v[5] = f1.y * up, v[6] = f1.z * up, v[7] = f1.w * up;
+        } else {
 #pragma unroll
-    for (int i = 0; i < 8; i++) split2(v[i] * up, h[i], l[i]);
-    *(uint4*)(hi + at) = make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]), pack16(h[4], h[5]),
-                                    pack16(h[6], h[7]));
-    *(uint4*)(lo + at) = make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]), pack16(l[4], l[5]),
-                                    pack16(l[6], l[7]));
-    if (run == 0) inv[at / 32] = pow2f(-e);
-    if ((run & 1) == 0) sum[at / 16] = s + s_next;
+            for (int i = 0; i < 8; i++) v[i] = 0.0f;
+        }
+        float s8 = v[0];
+#pragma unroll
+        for (int i = 1; i < 8; i++) s8 += v[i];
+        const float s_next = __shfl_xor_sync(0xffffffffu, s8, 1);
+        if (!on) continue;
+        u32 h[8], l[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) split2(v[i], h[i], l[i]);
+        const i64 at = (i64)row * x_stride + 8 * r;
+        *(uint4*)(hi + at) = make_uint4(pack16(h[0], h[1]), pack16(h[2], h[3]),
+                                        pack16(h[4], h[5]), pack16(h[6], h[7]));
+        *(uint4*)(lo + at) = make_uint4(pack16(l[0], l[1]), pack16(l[2], l[3]),
+                                        pack16(l[4], l[5]), pack16(l[6], l[7]));
+        if ((r & 1) == 0) sum[at / 16] = s8 + s_next;
+    }
 }
 
 // Per slab: the block's x parts (and scales, sums) arrive by cp.async into
@@ -301,7 +329,7 @@ template <class Fmt>
 __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     __shared__ __align__(16) u16 wq[MT_M * MT_LD];
     __shared__ __align__(16) u16 xp[2][2][MT_N * MT_LD];  // buffer, part
-    __shared__ __align__(16) float xinv[2][MT_N];         // buffer, item
+    __shared__ float xinv[MT_N];                          // item: 2^-e of its row
     __shared__ __align__(16) float xsum[2][MT_N][2];
     __shared__ float wsc[MT_M][2], wmn[MT_M][2];
     __shared__ i64 xoff[MT_N], yoff[MT_N];
@@ -327,6 +355,7 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         const int it = tid < len ? (J.items ? J.items[start + tid] : start + tid) : 0;
         xoff[tid] = (i64)(it / J.x_div) * J.x_stride + (i64)(row0 / J.x_grp_rows) * J.x_grp_stride;
         yoff[tid] = (i64)it * J.y_stride;
+        xinv[tid] = tid < len ? J.x_inv[it / J.x_div] : 0.0f;
     }
     if (tid == 0) s_len = len;
     for (int i = tid; i < 256; i += MT_THREADS) sgrid[i] = ds4_iq2xxs_grid[i];
@@ -358,8 +387,8 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
         x_at[q] = xoff[x_it[q]];
     }
     // Slab s of x into buffer b: 64 items x 4 parts of 8 values x 2 f16
-    // parts (16-byte copies), the 64 scales (threads 0..63) and the 64
-    // pairs of half-slab sums (threads 64..127).
+    // parts (16-byte copies) and the 64 pairs of half-slab sums (threads
+    // 0..63).
 #define DS4_STAGE_X(s, b)                                                                       \
     {                                                                                          \
         _Pragma("unroll") for (int q = 0; q < XT; q++) {                                        \
@@ -368,12 +397,9 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             cp_async<16>(xp[b][0] + x_it[q] * MT_LD + 8 * x_p[q], J.x_hi + e0, ok);             \
             cp_async<16>(xp[b][1] + x_it[q] * MT_LD + 8 * x_p[q], J.x_lo + e0, ok);             \
         }                                                                                      \
-        if (tid < 2 * MT_N) {                                                                   \
-            const int it2 = tid & (MT_N - 1);                                                   \
-            const i64 g2 = (xoff[it2] + 32 * (s)) / 16;                                         \
-            const bool v2 = it2 < s_len;                                                        \
-            if (tid < MT_N) cp_async<4>(&xinv[b][it2], J.x_inv + g2 / 2, v2);                   \
-            else cp_async<8>(&xsum[b][it2][0], J.x_sum + g2, v2);                               \
+        if (Fmt::MINS && tid < MT_N) {                                                          \
+            const i64 g2 = (xoff[tid] + 32 * (s)) / 16;                                         \
+            cp_async<8>(&xsum[b][tid][0], J.x_sum + g2, tid < s_len);                           \
         }                                                                                      \
     }
     typename Fmt::Raw raw[WT];
@@ -404,64 +430,61 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
 #pragma unroll
             for (int q = 0; q < WT; q++) Fmt::fetch(DS4_WROW(q), B, s + 1, wp, raw[q]);
         }
-        // This thread's items' 2^-e for the slab (items i0, i0 + 1 per nb).
-        float ux[4][2];
+        // B fragments of both half slabs: [h][part][nb][2].
+        u32 bf[2][2][4][2];
 #pragma unroll
-        for (int nb = 0; nb < 4; nb++) {
-            const int i0 = wc * 32 + nb * 8 + 2 * t4;
-            ux[nb][0] = xinv[cur][i0];
-            ux[nb][1] = xinv[cur][i0 + 1];
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int kb = 16 * h + 2 * t4;
-            u32 bf[2][4][2];
+        for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int sp = 0; sp < 2; sp++)
 #pragma unroll
                 for (int nb = 0; nb < 4; nb++) {
-                    const u16* xr = xp[cur][sp] + (wc * 32 + nb * 8 + g) * MT_LD;
-                    bf[sp][nb][0] = *(const u32*)(xr + kb);
-                    bf[sp][nb][1] = *(const u32*)(xr + kb + 8);
+                    const u16* xr = xp[cur][sp] + (wc * 32 + nb * 8 + g) * MT_LD + 16 * h + 2 * t4;
+                    bf[h][sp][nb][0] = *(const u32*)xr;
+                    bf[h][sp][nb][1] = *(const u32*)(xr + 8);
                 }
 #pragma unroll
-            for (int mi = 0; mi < MT_WM; mi++) {
-                const int rb = wr * 16 * MT_WM + mi * 16;
-                const u16* w0 = wq + (rb + g) * MT_LD;
-                const u16* w8 = wq + (rb + g + 8) * MT_LD;
-                const u32 a0 = *(const u32*)(w0 + kb), a1 = *(const u32*)(w8 + kb);
-                const u32 a2 = *(const u32*)(w0 + kb + 8), a3 = *(const u32*)(w8 + kb + 8);
-                float tmp[4][4];
+        for (int mi = 0; mi < MT_WM; mi++) {
+            const int rb = wr * 16 * MT_WM + mi * 16;
+            const u16* w0 = wq + (rb + g) * MT_LD + 2 * t4;
+            const u16* w8 = wq + (rb + g + 8) * MT_LD + 2 * t4;
+            float tmp[4][4];
 #pragma unroll
-                for (int nb = 0; nb < 4; nb++)
+            for (int h = 0; h < 2; h++) {
+                if (h == 0 || Fmt::MINS) {
 #pragma unroll
-                    for (int c = 0; c < 4; c++) tmp[nb][c] = 0.0f;
+                    for (int nb = 0; nb < 4; nb++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++) tmp[nb][c] = 0.0f;
+                }
+                const u32 a0 = *(const u32*)(w0 + 16 * h), a1 = *(const u32*)(w8 + 16 * h);
+                const u32 a2 = *(const u32*)(w0 + 16 * h + 8), a3 = *(const u32*)(w8 + 16 * h + 8);
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++)
 #pragma unroll
                     for (int nb = 0; nb < 4; nb++)
-                        mma16816(tmp[nb], a0, a1, a2, a3, bf[sp][nb][0], bf[sp][nb][1]);
-                const float s0 = wsc[rb + g][h], s8 = wsc[rb + g + 8][h];
-                const float m0 = Fmt::MINS ? wmn[rb + g][h] : 0.0f;
-                const float m8 = Fmt::MINS ? wmn[rb + g + 8][h] : 0.0f;
+                        mma16816(tmp[nb], a0, a1, a2, a3, bf[h][sp][nb][0], bf[h][sp][nb][1]);
+                if (Fmt::MINS) {
+                    // This half slab's scale and min, its sums of scaled x.
+                    const float s0 = wsc[rb + g][h], s8 = wsc[rb + g + 8][h];
+                    const float m0 = wmn[rb + g][h], m8 = wmn[rb + g + 8][h];
 #pragma unroll
-                for (int nb = 0; nb < 4; nb++) {
-                    // The half-slab sums of this thread's two items, scaled
-                    // back by 2^-e (exact).
-                    const float d0 = tmp[nb][0] * ux[nb][0], d1 = tmp[nb][1] * ux[nb][1];
-                    const float d2 = tmp[nb][2] * ux[nb][0], d3 = tmp[nb][3] * ux[nb][1];
-                    if (Fmt::MINS) {
+                    for (int nb = 0; nb < 4; nb++) {
                         const int i0 = wc * 32 + nb * 8 + 2 * t4;
                         const float x0 = xsum[cur][i0][h], x1 = xsum[cur][i0 + 1][h];
-                        acc[mi][nb][0] += s0 * d0 - m0 * x0;
-                        acc[mi][nb][1] += s0 * d1 - m0 * x1;
-                        acc[mi][nb][2] += s8 * d2 - m8 * x0;
-                        acc[mi][nb][3] += s8 * d3 - m8 * x1;
-                    } else {
-                        acc[mi][nb][0] = fmaf(s0, d0, acc[mi][nb][0]);
-                        acc[mi][nb][1] = fmaf(s0, d1, acc[mi][nb][1]);
-                        acc[mi][nb][2] = fmaf(s8, d2, acc[mi][nb][2]);
-                        acc[mi][nb][3] = fmaf(s8, d3, acc[mi][nb][3]);
+                        acc[mi][nb][0] += s0 * tmp[nb][0] - m0 * x0;
+                        acc[mi][nb][1] += s0 * tmp[nb][1] - m0 * x1;
+                        acc[mi][nb][2] += s8 * tmp[nb][2] - m8 * x0;
+                        acc[mi][nb][3] += s8 * tmp[nb][3] - m8 * x1;
+                    }
+                } else if (h == 1) {
+                    // One scale for the slab (sc[0] == sc[1] for these formats).
+                    const float s0 = wsc[rb + g][0], s8 = wsc[rb + g + 8][0];
+#pragma unroll
+                    for (int nb = 0; nb < 4; nb++) {
+                        acc[mi][nb][0] = fmaf(s0, tmp[nb][0], acc[mi][nb][0]);
+                        acc[mi][nb][1] = fmaf(s0, tmp[nb][1], acc[mi][nb][1]);
+                        acc[mi][nb][2] = fmaf(s8, tmp[nb][2], acc[mi][nb][2]);
+                        acc[mi][nb][3] = fmaf(s8, tmp[nb][3], acc[mi][nb][3]);
                     }
                 }
             }
@@ -478,19 +501,20 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
             for (int c = 0; c < 4; c++) {
                 const int r = row0 + wr * 16 * MT_WM + mi * 16 + g + (c >= 2 ? 8 : 0);
                 const int it = wc * 32 + nb * 8 + 2 * t4 + (c & 1);
-                if (r < J.n_rows && it < s_len) J.y[yoff[it] + r] = acc[mi][nb][c];
+                if (r < J.n_rows && it < s_len) J.y[yoff[it] + r] = acc[mi][nb][c] * xinv[it];
             }
 }
 
-// MINB blocks per SM: 3 (at most 168 registers) where the format's decoder
-// fits without spills (Q8_0: 1.18x over 2 blocks, r32), else 2.
+// MINB blocks per SM: 2 for every format. (Q8_0 ran 1.18x faster at 3,
+// r32, until the one-flush-per-slab loop of r48 made it spill at 168
+// registers; at 2 it is as fast, 1,130 vs 1,136 us per launch, r48.)
 #define DS4_GEMM(NAME, FMT, MINB)                                                         \
     extern "C" __global__ void __launch_bounds__(MT_THREADS, MINB) NAME(const GemmJobs js) { \
         ds4_pdl_enter();                                                                  \
         gemm_mma_impl<FMT>(js.j[blockIdx.z]);                                             \
     }
 
-DS4_GEMM(gemm_q8_0, MmaQ8_0, 3)
+DS4_GEMM(gemm_q8_0, MmaQ8_0, 2)
 DS4_GEMM(gemm_iq2_xxs, MmaIQ2XXS, 2)
 DS4_GEMM(gemm_q2_k, MmaQ2K, 2)
 DS4_GEMM(gemm_q4_k, MmaQ4K, 2)

@@ -572,23 +572,23 @@ impl CudaBackend {
     }
 
     /// The activations of a GEMM job as `gemm_split_x` leaves them: f16
-    /// parts (hi, lo), a scale per 32 values and a sum per 16, indexed like
-    /// `it.x`.
+    /// parts (hi, lo) and a sum per 16 values, indexed like `it.x`, and a
+    /// scale per row.
     /// Covers the values the job's items read: `⌈n / x_div⌉` rows of the
     /// row length plus the group shifts.
     fn split_x(&self, m: &Mat, it: &Items) -> Result<SplitX> {
         let rows = it.n.div_ceil(it.x_div);
         let width = split_width(m, it);
         let elems = rows * it.x_stride;
-        // hi and lo as u16 in one f32-sized buffer; scales (one per 32,
+        // hi and lo as u16 in one f32-sized buffer; scales (one per row,
         // padded to 16 bytes) then sums (one per 16).
         let parts = self.gpu.buf::<f32>(elems)?;
-        let inv_len = (elems / 32).next_multiple_of(4);
+        let inv_len = rows.next_multiple_of(4);
         let scales = self.gpu.buf::<f32>(inv_len + elems / 16)?;
         let (pp, sp) = (self.gpu.ptr(&parts), self.gpu.ptr(&scales));
         self.gpu.launch(
             "gemm_split_x",
-            (((rows * width / 8) as u32).div_ceil(BLOCK), 1, 1),
+            (rows as u32, 1, 1),
             BLOCK,
             0,
             &[
