@@ -212,7 +212,7 @@ pub struct ExpertTiles {
 }
 
 /// How a GEMV launch splits a row's k range over warps.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum KSplit {
     /// Into 1 to 8 shares of this many chunks (more when there are few rows).
     Chunks(usize),
@@ -890,5 +890,104 @@ impl CudaBackend {
             ],
         )?;
         self.gpu.download(&out, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(ggml_type: GgmlType, row_len: usize, addr: u64) -> Mat {
+        Mat {
+            addr,
+            ggml_type,
+            row_len,
+            row_bytes: 0,
+            n_rows: 2048,
+            mat_bytes: 0,
+        }
+    }
+
+    /// Six routed items reading one 16-byte aligned activation row.
+    fn experts(row_len: usize) -> Items {
+        Items {
+            mat_ids: 0x1000,
+            x_div: 6,
+            ..Items::plain(6, 0x2000, row_len, 0x8000, 2048)
+        }
+    }
+
+    fn pick(t: GgmlType, row_len: usize, opts: &crate::CudaOptions) -> (&'static str, KSplit) {
+        let (name, _, split) = gemv_kernel(&mat(t, row_len, 0x10000), &[experts(row_len)], opts)
+            .expect("a kernel for every format");
+        (name, split)
+    }
+
+    #[test]
+    fn expert_gemvs_run_on_int8_planes_at_production_widths() {
+        let on = crate::CudaOptions::default();
+        assert!(on.int8_expert_gemvs);
+        let (name, split) = pick(GgmlType::IQ2_XXS, 4096, &on);
+        assert_eq!(name, "gemv_iq2_xxs_i8");
+        assert_eq!(
+            split,
+            KSplit::Planes {
+                ks: 1,
+                blocks_per_sm: 2,
+                smem: IQ2_TABLE_BYTES
+            }
+        );
+        // Q2_K: one 64-value chunk per lane, so rows of 4096 take 2 warps.
+        assert_eq!(pick(GgmlType::Q2_K, 2048, &on).0, "gemv_q2_k_i8");
+        assert!(matches!(
+            pick(GgmlType::Q2_K, 4096, &on).1,
+            KSplit::Planes { ks: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn other_shapes_and_the_option_off_keep_the_f32_kernels() {
+        let on = crate::CudaOptions::default();
+        // The planes kernels are built for 4 IQ2_XXS / 1 Q2_K chunks per lane.
+        assert_eq!(pick(GgmlType::IQ2_XXS, 2048, &on).0, "gemv_iq2_xxs_xs");
+        assert_eq!(pick(GgmlType::Q2_K, 8192, &on).0, "gemv_q2_k");
+        // Grouped x (the output projection's layout) is not staged as planes.
+        let grouped = Items {
+            x_grp: Some((1024, 4096)),
+            ..experts(4096)
+        };
+        let (name, _, _) =
+            gemv_kernel(&mat(GgmlType::IQ2_XXS, 4096, 0x10000), &[grouped], &on).unwrap();
+        assert_eq!(name, "gemv_iq2_xxs_xs");
+        // Unaligned weights take the element-wise kernel.
+        let (name, _, _) =
+            gemv_kernel(&mat(GgmlType::Q2_K, 2048, 0x10008), &[experts(2048)], &on).unwrap();
+        assert_eq!(name, "gemv_any_q2_k");
+        let off = crate::CudaOptions {
+            int8_expert_gemvs: false,
+            ..Default::default()
+        };
+        assert_eq!(pick(GgmlType::IQ2_XXS, 4096, &off).0, "gemv_iq2_xxs_xs");
+        assert_eq!(pick(GgmlType::Q2_K, 2048, &off).0, "gemv_q2_k");
+    }
+
+    /// The dynamic shared memory the host gives `gemv_iq2_xxs_i8` is what
+    /// the kernel source says its tables take.
+    #[test]
+    fn iq2_table_bytes_match_the_kernel() {
+        let src = crate::kernels::program_source();
+        let define = |name: &str| -> String {
+            let line = src
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} is defined"));
+            line[format!("#define {name} ").len()..].trim().to_string()
+        };
+        let copies: u32 = define("DS4_IQ2_COPIES").parse().expect("a number");
+        assert_eq!(
+            define("DS4_IQ2_TABLE_BYTES"),
+            "((256 + 128) * DS4_IQ2_COPIES * 4)"
+        );
+        assert_eq!(IQ2_TABLE_BYTES, (256 + 128) * copies * 4);
     }
 }
