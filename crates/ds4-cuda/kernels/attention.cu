@@ -527,15 +527,6 @@ extern "C" __global__ void attend_part(float* __restrict__ out, float* __restric
     }
 }
 
-// Four 8x8 b16 matrices from shared memory, transposed: lane l gives the
-// row address of matrix l / 8, row l % 8; register m holds, for this lane,
-// elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4) of matrix m.
-__device__ __forceinline__ void ldsm4t(u32* r, const u16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
 // Four floats as f16 hi and lo parts, stored as 4 halves each.
 __device__ __forceinline__ void store_parts4(u16* hi, u16* lo, float4 v, bool with_lo) {
     u32 h0, h1, h2, h3, l0, l1, l2, l3;

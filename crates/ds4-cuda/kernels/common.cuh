@@ -279,6 +279,24 @@ __device__ __forceinline__ u32 smem_u32(const void* p) {
     return (u32)a;
 }
 
+// Four 8x8 b16 matrices from shared memory: lane l gives the (16-byte
+// aligned) row address of matrix l / 8, row l % 8; register m holds, for
+// this lane, elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) of
+// matrix m -- an mma fragment.
+__device__ __forceinline__ void ldsm4(u32* r, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// The same, transposed: register m holds elements (2 (l % 4), l / 4) and
+// (2 (l % 4) + 1, l / 4) of matrix m.
+__device__ __forceinline__ void ldsm4t(u32* r, const u16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
 // Asynchronous global -> shared copies of `n` bytes (16 or 8); `valid`
 // false writes zeros (the source is not read).
 template <int N>

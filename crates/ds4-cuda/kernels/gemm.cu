@@ -364,6 +364,11 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
     const int warp = tid / DS4_WARP, lane = tid % DS4_WARP;
     const int wr = warp >> 1, wc = warp & 1;  // 2 x 2 warps
     const int g = lane >> 2, t4 = lane & 3;
+    // This lane's ldmatrix row (matrix lane / 8, row lane % 8) of an A tile
+    // (16 rows x 16 k) and of a pair of B tiles (2 x 8 items x 16 k).
+    const int lr = lane & 7, lm = lane >> 3;
+    const int a_lane = (lr + 8 * (lm & 1)) * MT_LD + 8 * (lm >> 1);
+    const int b_lane = ((lm >> 1) * 8 + lr) * MT_LD + 8 * (lm & 1);
     float acc[MT_WM][4][4];
 #pragma unroll
     for (int a = 0; a < MT_WM; a++)
@@ -430,55 +435,64 @@ __device__ __forceinline__ void gemm_mma_impl(const GemmJob& J) {
 #pragma unroll
             for (int q = 0; q < WT; q++) Fmt::fetch(DS4_WROW(q), B, s + 1, wp, raw[q]);
         }
-        // B fragments of both half slabs: [h][part][nb][2].
-        u32 bf[2][2][4][2];
+        // Half slabs per flush: both for the one-scale formats, one at a
+        // time (with its own scale and min) for the K formats, whose B
+        // fragments are then loaded per half slab (fewer live registers).
+        constexpr int HB = Fmt::MINS ? 1 : 2;
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+        for (int h0 = 0; h0 < 2; h0 += HB) {
+            // B fragments by ldmatrix, [half][part][nb][2]: matrices (items
+            // of nb, k 0..7), (nb, k 8..15), then the same for nb + 1.
+            u32 bf[HB][2][4][2];
 #pragma unroll
-            for (int sp = 0; sp < 2; sp++)
-#pragma unroll
-                for (int nb = 0; nb < 4; nb++) {
-                    const u16* xr = xp[cur][sp] + (wc * 32 + nb * 8 + g) * MT_LD + 16 * h + 2 * t4;
-                    bf[h][sp][nb][0] = *(const u32*)xr;
-                    bf[h][sp][nb][1] = *(const u32*)(xr + 8);
-                }
-#pragma unroll
-        for (int mi = 0; mi < MT_WM; mi++) {
-            const int rb = wr * 16 * MT_WM + mi * 16;
-            const u16* w0 = wq + (rb + g) * MT_LD + 2 * t4;
-            const u16* w8 = wq + (rb + g + 8) * MT_LD + 2 * t4;
-            float tmp[4][4];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                if (h == 0 || Fmt::MINS) {
-#pragma unroll
-                    for (int nb = 0; nb < 4; nb++)
-#pragma unroll
-                        for (int c = 0; c < 4; c++) tmp[nb][c] = 0.0f;
-                }
-                const u32 a0 = *(const u32*)(w0 + 16 * h), a1 = *(const u32*)(w8 + 16 * h);
-                const u32 a2 = *(const u32*)(w0 + 16 * h + 8), a3 = *(const u32*)(w8 + 16 * h + 8);
+            for (int hi = 0; hi < HB; hi++)
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++)
 #pragma unroll
-                    for (int nb = 0; nb < 4; nb++)
-                        mma16816(tmp[nb], a0, a1, a2, a3, bf[h][sp][nb][0], bf[h][sp][nb][1]);
+                    for (int nb = 0; nb < 4; nb += 2) {
+                        u32 r[4];
+                        ldsm4(r, xp[cur][sp] + (wc * 32 + nb * 8) * MT_LD + b_lane + 16 * (h0 + hi));
+                        bf[hi][sp][nb][0] = r[0];
+                        bf[hi][sp][nb][1] = r[1];
+                        bf[hi][sp][nb + 1][0] = r[2];
+                        bf[hi][sp][nb + 1][1] = r[3];
+                    }
+#pragma unroll
+            for (int mi = 0; mi < MT_WM; mi++) {
+                const int rb = wr * 16 * MT_WM + mi * 16;
+                float tmp[4][4];
+#pragma unroll
+                for (int nb = 0; nb < 4; nb++)
+#pragma unroll
+                    for (int c = 0; c < 4; c++) tmp[nb][c] = 0.0f;
+#pragma unroll
+                for (int hi = 0; hi < HB; hi++) {
+                    // A: matrices (rows 0..7, k 0..7), (8..15, 0..7),
+                    // (0..7, 8..15), (8..15, 8..15).
+                    u32 a[4];
+                    ldsm4(a, wq + rb * MT_LD + a_lane + 16 * (h0 + hi));
+#pragma unroll
+                    for (int sp = 0; sp < 2; sp++)
+#pragma unroll
+                        for (int nb = 0; nb < 4; nb++)
+                            mma16816(tmp[nb], a[0], a[1], a[2], a[3], bf[hi][sp][nb][0],
+                                     bf[hi][sp][nb][1]);
+                }
+                // Scale (and min) of half slab h0; for the one-scale
+                // formats sc[0] == sc[1], the slab's.
+                const float s0 = wsc[rb + g][h0], s8 = wsc[rb + g + 8][h0];
                 if (Fmt::MINS) {
-                    // This half slab's scale and min, its sums of scaled x.
-                    const float s0 = wsc[rb + g][h], s8 = wsc[rb + g + 8][h];
-                    const float m0 = wmn[rb + g][h], m8 = wmn[rb + g + 8][h];
+                    const float m0 = wmn[rb + g][h0], m8 = wmn[rb + g + 8][h0];
 #pragma unroll
                     for (int nb = 0; nb < 4; nb++) {
                         const int i0 = wc * 32 + nb * 8 + 2 * t4;
-                        const float x0 = xsum[cur][i0][h], x1 = xsum[cur][i0 + 1][h];
-                        acc[mi][nb][0] += s0 * tmp[nb][0] - m0 * x0;
-                        acc[mi][nb][1] += s0 * tmp[nb][1] - m0 * x1;
-                        acc[mi][nb][2] += s8 * tmp[nb][2] - m8 * x0;
-                        acc[mi][nb][3] += s8 * tmp[nb][3] - m8 * x1;
+                        const float x0 = xsum[cur][i0][h0], x1 = xsum[cur][i0 + 1][h0];
+                        acc[mi][nb][0] = fmaf(-m0, x0, fmaf(s0, tmp[nb][0], acc[mi][nb][0]));
+                        acc[mi][nb][1] = fmaf(-m0, x1, fmaf(s0, tmp[nb][1], acc[mi][nb][1]));
+                        acc[mi][nb][2] = fmaf(-m8, x0, fmaf(s8, tmp[nb][2], acc[mi][nb][2]));
+                        acc[mi][nb][3] = fmaf(-m8, x1, fmaf(s8, tmp[nb][3], acc[mi][nb][3]));
                     }
-                } else if (h == 1) {
-                    // One scale for the slab (sc[0] == sc[1] for these formats).
-                    const float s0 = wsc[rb + g][0], s8 = wsc[rb + g + 8][0];
+                } else {
 #pragma unroll
                     for (int nb = 0; nb < 4; nb++) {
                         acc[mi][nb][0] = fmaf(s0, tmp[nb][0], acc[mi][nb][0]);
