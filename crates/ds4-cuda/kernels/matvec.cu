@@ -489,19 +489,19 @@ __device__ __forceinline__ float gemv_epilogue(const MatJob& J, int item, int ro
 }
 
 // Where the R rows of row batch `batch` start (row0; clamped to the
-// matrix: r0, rmax).
+// matrix: first, its address r0, and rmax rows after it).
 struct GemvRows {
     const u8* r0;
-    int row0, rmax;
+    int row0, first, rmax;
 };
 
 __device__ __forceinline__ GemvRows gemv_rows(const MatJob& J, int item, int batch, int R) {
     GemvRows out;
     out.row0 = batch * R;
     const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
-    const int first = min(out.row0, J.n_rows - 1);
-    out.r0 = J.w + m * J.mat_bytes + (u64)first * J.row_bytes;
-    out.rmax = J.n_rows - 1 - first;
+    out.first = min(out.row0, J.n_rows - 1);
+    out.r0 = J.w + m * J.mat_bytes + (u64)out.first * J.row_bytes;
+    out.rmax = J.n_rows - 1 - out.first;
     return out;
 }
 
@@ -553,7 +553,7 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, fl
     const int ks = J.ksplit, s = warp % ks;
     const GemvRows g =
         gemv_rows(J, item, ((int)blockIdx.x - J.block0) * (DS4_GEMV_WARPS / ks) + warp / ks, R);
-    const int grp = (g.row0 < J.n_rows ? g.row0 : J.n_rows - 1) / J.x_grp_rows;
+    const int grp = g.first / J.x_grp_rows;
     const float* xr = J.x + (i64)(item / J.x_div) * J.x_stride + (i64)grp * J.x_grp_stride;
     const int c0 = lane + DS4_WARP * s, cstep = DS4_WARP * ks;
     float acc[R];
