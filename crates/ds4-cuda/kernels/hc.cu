@@ -250,7 +250,8 @@ __device__ void hc_values(const float* __restrict__ part, const double* __restri
 }
 
 // y[i] = sum_h a[h] * x[stream h][i], h in order, 4 values per thread, by
-// threads [t0, t0 + nt) of the block.
+// threads [t0, t0 + nt) of the block. L2 loads: in hc_pre_one other blocks
+// of the launch may have written x.
 __device__ __forceinline__ void hc_weighted(const float* a, const float* __restrict__ xt,
                                             float* __restrict__ y, int d, int n, int t0, int nt) {
     const int me = (int)threadIdx.x - t0;
@@ -259,7 +260,7 @@ __device__ __forceinline__ void hc_weighted(const float* a, const float* __restr
         for (int i = me; i < d / 4; i += nt) {
             float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             for (int h = 0; h < n; h++) {
-                const float4 v = ((const float4*)(xt + (i64)h * d))[i];
+                const float4 v = __ldcg((const float4*)(xt + (i64)h * d) + i);
                 acc.x += a[h] * v.x;
                 acc.y += a[h] * v.y;
                 acc.z += a[h] * v.z;
@@ -271,7 +272,7 @@ __device__ __forceinline__ void hc_weighted(const float* a, const float* __restr
     }
     for (int i = me; i < d; i += nt) {
         float acc = 0.0f;
-        for (int h = 0; h < n; h++) acc += a[h] * xt[(i64)h * d + i];
+        for (int h = 0; h < n; h++) acc += a[h] * __ldcg(xt + (i64)h * d + i);
         y[i] = acc;
     }
 }
@@ -382,7 +383,7 @@ __device__ void hc_pre_last4(const float* __restrict__ part, const double* __res
         const int i = me + j * nt;
         if (i < nv) {
 #pragma unroll
-            for (int h = 0; h < n; h++) xv[j][h] = ((const float4*)(x + (i64)h * d))[i];
+            for (int h = 0; h < n; h++) xv[j][h] = __ldcg((const float4*)(x + (i64)h * d) + i);
             g[j] = norm ? ((const float4*)norm)[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
         }
     }
@@ -441,13 +442,20 @@ __device__ void hc_pre_last4(const float* __restrict__ part, const double* __res
 // where its shape allows, else hc_pre_token. Saves hc_pre_finish's launch
 // and its wait for the slowest dots block to drain through a kernel
 // boundary.
+// With f (4 streams, 4 values per thread): first the previous sublayer's
+// HC-post, in hc_post's operations: the HC state this HC-pre reads is
+// x'[j][i] = post_j f[i] + sum_s comb[s][j] x[s][i] (post, comb from
+// prev_mix), each block forming its own split of x' (they load x anyway)
+// and the row-0 blocks writing it to x_new, which the finish then reads.
 extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restrict__ fn, const float* __restrict__ x,
                                       int width, int n_rows, int n_splits,
                                       float* __restrict__ part, double* __restrict__ ss,
                                       unsigned int* done, const float* __restrict__ scale,
                                       const float* __restrict__ base, float* __restrict__ mix,
                                       float* y, const float* __restrict__ norm, int d, int n,
-                                      int iters, float hc_eps, float rms_eps) {
+                                      int iters, float hc_eps, float rms_eps,
+                                      const float* __restrict__ f,
+                                      const float* __restrict__ prev_mix, float* x_new) {
     __shared__ float scratch[32];
     __shared__ double dscratch[32];
     __shared__ bool last;
@@ -464,7 +472,28 @@ extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restri
     float4 xq;
     if (vec) {
         const uint2 wq = *(const uint2*)(w + 8 * threadIdx.x);
-        xq = ((const float4*)xt)[threadIdx.x];
+        if (f) {
+            const int at = k0 + 4 * threadIdx.x;
+            const int j = at / d, i = at - j * d;
+            const float4 fv = *(const float4*)(f + i);
+            float4 xo[4];
+#pragma unroll
+            for (int s = 0; s < 4; s++) xo[s] = *(const float4*)(x + (i64)s * d + i);
+            const float* pm = prev_mix;  // post (4), then comb (4 x 4)
+            xq = make_float4(__fmul_rn(pm[j], fv.x), __fmul_rn(pm[j], fv.y),
+                             __fmul_rn(pm[j], fv.z), __fmul_rn(pm[j], fv.w));
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                const float c = pm[4 + 4 * s + j];
+                xq.x = fmaf(c, xo[s].x, xq.x);
+                xq.y = fmaf(c, xo[s].y, xq.y);
+                xq.z = fmaf(c, xo[s].z, xq.z);
+                xq.w = fmaf(c, xo[s].w, xq.w);
+            }
+            if (row == 0) *(float4*)(x_new + at) = xq;
+        } else {
+            xq = ((const float4*)xt)[threadIdx.x];
+        }
         acc = h2f((u16)(wq.x & 0xffff)) * xq.x;
         acc += h2f((u16)(wq.x >> 16)) * xq.y;
         acc += h2f((u16)(wq.y & 0xffff)) * xq.z;
@@ -493,12 +522,14 @@ extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restri
     __threadfence();
     if (threadIdx.x == 0) *done = 0;
     const int nt = (int)blockDim.x - DS4_WARP;
+    const float* state = f ? x_new : x;
     const bool fast = n == 4 && nt >= DS4_WARP && (d & 3) == 0 && d / 4 <= 2 * nt &&
-                      (((u64)x | (u64)y | (u64)norm) & 15) == 0;
+                      (((u64)state | (u64)y | (u64)norm) & 15) == 0;
     if (fast)
-        hc_pre_last4(part, ss, n_splits, scale, base, x, mix, y, norm, d, iters, hc_eps, rms_eps);
+        hc_pre_last4(part, ss, n_splits, scale, base, state, mix, y, norm, d, iters, hc_eps,
+                     rms_eps);
     else
-        hc_pre_token(part, ss, n_splits, scale, base, x, mix, y, norm, d, n, iters, hc_eps,
+        hc_pre_token(part, ss, n_splits, scale, base, state, mix, y, norm, d, n, iters, hc_eps,
                      rms_eps, 0);
 }
 
@@ -543,8 +574,10 @@ extern "C" __global__ void hc_post(float* __restrict__ out, const float* __restr
     const float* ft = f + (i64)t * d;
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < n * d; k += gridDim.x * blockDim.x) {
         const int j = k / d, i = k % d;
-        float o = mt[j] * ft[i];
-        for (int s = 0; s < n; s++) o += mt[n + s * n + j] * xt[(i64)s * d + i];
+        // Explicit roundings (no contraction choice left to the compiler):
+        // hc_pre_one's fused HC-post performs the same operations.
+        float o = __fmul_rn(mt[j], ft[i]);
+        for (int s = 0; s < n; s++) o = fmaf(mt[n + s * n + j], xt[(i64)s * d + i], o);
         out[(i64)t * n * d + k] = o;
     }
 }

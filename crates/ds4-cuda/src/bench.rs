@@ -165,6 +165,19 @@ impl Backend for Timed<'_> {
     fn hc_post(&self, x: &mut CudaAct, f: &CudaAct, mix: &CudaMix) -> BResult<()> {
         self.run(Stage::HcPost, || self.b.hc_post(x, f, mix))
     }
+    /// Timed as HC-pre (the fused launch forms the HC-post too).
+    fn hc_post_pre_norm(
+        &self,
+        x: &mut CudaAct,
+        f: &CudaAct,
+        mix: &CudaMix,
+        next: &HcWeights,
+        norm: &Tensor,
+    ) -> BResult<(CudaAct, CudaMix)> {
+        self.run(Stage::HcPre, || {
+            self.b.hc_post_pre_norm(x, f, mix, next, norm)
+        })
+    }
     fn rms_norm(&self, x: &CudaAct, weight: &Tensor) -> BResult<CudaAct> {
         self.run(Stage::RmsNorm, || self.b.rms_norm(x, weight))
     }

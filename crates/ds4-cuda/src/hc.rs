@@ -122,13 +122,13 @@ impl CudaBackend {
             buf: self.gpu.buf(t * (n + n * n))?,
         };
         let y = self.new_act(t, d)?;
-        let threads = (d / 4).next_multiple_of(32).clamp(128, 1024) as u32;
+        let threads = hc_threads(d);
         let norm = match norm {
             Some(t) => Arg::Ptr(self.addr(t)?),
             None => NULL,
         };
         if t == 1 {
-            self.hc_pre_one(w, x, &mix, &y, norm, threads)?;
+            self.hc_pre_one(w, x, &mix, &y, norm, threads, None)?;
             return Ok((y, mix));
         }
         let (part, ss, splits) = self.hc_dots(&w.func, self.ptr(x), t)?;
@@ -152,8 +152,52 @@ impl CudaBackend {
         Ok((y, mix))
     }
 
+    /// HC-post of the previous sublayer's output `f` (with its mix) into
+    /// `x`, then HC-pre and norm: for one token with 4 streams in one
+    /// `hc_pre_one` launch that forms the new state itself.
+    pub(crate) fn hc_post_pre_norm_impl(
+        &self,
+        x: &mut CudaAct,
+        f: &CudaAct,
+        prev: &CudaMix,
+        w: &HcWeights,
+        norm: &Tensor,
+    ) -> Result<(CudaAct, CudaMix)> {
+        let (n, d) = (self.cfg.n_hc, self.cfg.d_model);
+        let threads = hc_threads(d);
+        let width = self.hc_width(&w.func)?;
+        // The kernel's fused path: 4 streams, 4 values per thread exactly
+        // and 16-byte weight rows (its `vec` test; the activations are
+        // allocations, aligned).
+        let per = 4 * threads as usize;
+        let fused = x.rows == 1
+            && f.rows == 1
+            && f.width == d
+            && n == 4
+            && d % 4 == 0
+            && width / hc_splits(width, per) == per
+            && self.addr(&w.func)?.is_multiple_of(16);
+        if !fused {
+            self.hc_post_impl(x, f, prev)?;
+            return self.hc_pre_impl(w, x, Some(norm));
+        }
+        let mix = CudaMix {
+            rows: 1,
+            buf: self.gpu.buf(n + n * n)?,
+        };
+        let y = self.new_act(1, d)?;
+        let state = self.new_act(1, x.width)?;
+        let norm = Arg::Ptr(self.addr(norm)?);
+        self.hc_pre_one(w, x, &mix, &y, norm, threads, Some((f, prev, &state)))?;
+        *x = state;
+        Ok((y, mix))
+    }
+
     /// HC-pre of a single token in one launch (`hc_pre_one`): blocks of
     /// `threads` threads take 4 values each per split of the flat state.
+    /// With `post` = (f, its mix, new state), the launch first forms the
+    /// HC-post of f into the new state and reads that.
+    #[allow(clippy::too_many_arguments)]
     fn hc_pre_one(
         &self,
         w: &HcWeights,
@@ -162,11 +206,20 @@ impl CudaBackend {
         y: &CudaAct,
         norm: Arg,
         threads: u32,
+        post: Option<(&CudaAct, &CudaMix, &CudaAct)>,
     ) -> Result<()> {
         let func = &w.func;
         let width = self.hc_width(func)?;
         let n_rows = func.n_rows();
         let splits = hc_splits(width, 4 * threads as usize);
+        let post_args = match post {
+            Some((f, prev, state)) => [
+                Arg::Ptr(self.ptr(f)),
+                Arg::Ptr(self.gpu.ptr(&prev.buf)),
+                Arg::Ptr(self.ptr(state)),
+            ],
+            None => [NULL, NULL, NULL],
+        };
         let part = self.gpu.buf::<f32>(n_rows * splits)?;
         let ss = self.gpu.buf::<f64>(splits)?;
         self.gpu.launch(
@@ -188,6 +241,7 @@ impl CudaBackend {
             ]
             .into_iter()
             .chain(self.hc_pre_out_args(mix, y, norm))
+            .chain(post_args)
             .collect::<Vec<_>>(),
         )?;
         Ok(())
@@ -276,6 +330,12 @@ impl CudaBackend {
         )?;
         self.download_act(&logits)
     }
+}
+
+/// Threads of an HC-pre block (`hc_pre_one`, `hc_pre_finish`): one per 4
+/// values of a stream, within 128..=1024.
+fn hc_threads(d: usize) -> u32 {
+    (d / 4).next_multiple_of(32).clamp(128, 1024) as u32
 }
 
 /// Splits of about `per` values that divide `width` (1 to 32 of them).

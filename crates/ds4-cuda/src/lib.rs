@@ -653,6 +653,17 @@ impl Backend for CudaBackend {
         Ok(self.hc_post_impl(x, f, mix)?)
     }
 
+    fn hc_post_pre_norm(
+        &self,
+        x: &mut CudaAct,
+        f: &CudaAct,
+        mix: &CudaMix,
+        next: &HcWeights,
+        norm: &Tensor,
+    ) -> BResult<(CudaAct, CudaMix)> {
+        Ok(self.hc_post_pre_norm_impl(x, f, mix, next, norm)?)
+    }
+
     fn rms_norm(&self, x: &CudaAct, weight: &Tensor) -> BResult<CudaAct> {
         let out = self.new_act(x.rows, x.width)?;
         self.rms_rows(&out, x, Some(weight))?;

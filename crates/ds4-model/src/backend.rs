@@ -132,6 +132,21 @@ pub trait Backend {
     }
     /// HC-post: folds the sublayer output `f` back into the HC state `x`.
     fn hc_post(&self, x: &mut Self::Act, f: &Self::Act, mix: &Self::Mix) -> Result<()>;
+    /// HC-post of one sublayer's output, then HC-pre and input norm of the
+    /// next sublayer: the step between two sublayers. Backends may fuse
+    /// the two (the CUDA decode path forms the new HC state inside HC-pre's
+    /// launch).
+    fn hc_post_pre_norm(
+        &self,
+        x: &mut Self::Act,
+        f: &Self::Act,
+        mix: &Self::Mix,
+        next: &HcWeights,
+        norm: &Tensor,
+    ) -> Result<(Self::Act, Self::Mix)> {
+        self.hc_post(x, f, mix)?;
+        self.hc_pre_norm(next, x, norm)
+    }
     fn rms_norm(&self, x: &Self::Act, weight: &Tensor) -> Result<Self::Act>;
 
     /// q path (q_a, norm, q_b, per-head norm, RoPE) and kv path (kv, norm,

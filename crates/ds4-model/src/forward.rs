@@ -2,11 +2,14 @@
 //!
 //! Read top to bottom, this is MODEL.md §3: every layer is an attention
 //! half and an FFN half, each wrapped in hyper-connection pre/post mixing
-//! over the `n_hc` residual streams.
+//! over the `n_hc` residual streams. A sublayer's HC-post is performed at
+//! the start of the next sublayer, with its HC-pre, so that a backend can
+//! fuse the two (one step of the same arithmetic either way).
 
 use crate::backend::{Backend, BackendError, CompressorKind, Result};
 use crate::config::AttentionKind;
-use crate::weights::{LayerWeights, Weights};
+use crate::weights::{HcWeights, LayerWeights, Weights};
+use crate::Tensor;
 
 /// Which logits a forward call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +20,14 @@ pub enum Logits {
     All,
     /// None (prefill of a prefix whose logits nobody reads).
     None,
+}
+
+/// A sublayer's output `f` and mix, waiting for the HC-post that folds it
+/// into the HC state. The next sublayer performs it as its first step
+/// ([`Backend::hc_post_pre_norm`]), so backends can fuse the two.
+struct Pending<B: Backend> {
+    f: B::Act,
+    mix: B::Mix,
 }
 
 /// Evaluates `tokens` at the next positions of `kv` and returns the requested logits.
@@ -32,9 +43,13 @@ pub fn forward<B: Backend>(
     }
     let pos0 = b.kv_len(kv);
     let mut x = b.embed(&weights.token_embd, tokens, pos0)?;
+    let mut pending = None;
     for (il, layer) in weights.layers.iter().enumerate() {
-        attention_half(b, il, layer, &mut x, kv, pos0)?;
-        ffn_half(b, il, layer, &mut x, tokens)?;
+        pending = Some(attention_sublayer(b, il, layer, &mut x, kv, pos0, pending)?);
+        pending = Some(ffn_sublayer(b, il, layer, &mut x, tokens, pending)?);
+    }
+    if let Some(p) = pending {
+        b.hc_post(&mut x, &p.f, &p.mix)?;
     }
     b.kv_advance(kv, tokens.len())?;
     match logits {
@@ -72,7 +87,23 @@ pub fn forward_chunked<B: Backend>(
     Ok(out)
 }
 
-/// The attention half of layer `il` for a batch at positions `pos0..`.
+/// HC-pre and input norm of a sublayer, after the previous sublayer's
+/// pending HC-post.
+fn enter<B: Backend>(
+    b: &B,
+    hc: &HcWeights,
+    norm: &Tensor,
+    x: &mut B::Act,
+    pending: Option<Pending<B>>,
+) -> Result<(B::Act, B::Mix)> {
+    match pending {
+        Some(p) => b.hc_post_pre_norm(x, &p.f, &p.mix, hc, norm),
+        None => b.hc_pre_norm(hc, x, norm),
+    }
+}
+
+/// The attention half of layer `il` for a batch at positions `pos0..`,
+/// HC-post included.
 pub fn attention_half<B: Backend>(
     b: &B,
     il: usize,
@@ -81,8 +112,34 @@ pub fn attention_half<B: Backend>(
     kv: &mut B::Kv,
     pos0: usize,
 ) -> Result<()> {
+    let p = attention_sublayer(b, il, layer, x, kv, pos0, None)?;
+    b.hc_post(x, &p.f, &p.mix)
+}
+
+/// The FFN (mixture of experts) half of layer `il`, HC-post included.
+pub fn ffn_half<B: Backend>(
+    b: &B,
+    il: usize,
+    layer: &LayerWeights,
+    x: &mut B::Act,
+    tokens: &[u32],
+) -> Result<()> {
+    let p = ffn_sublayer(b, il, layer, x, tokens, None)?;
+    b.hc_post(x, &p.f, &p.mix)
+}
+
+/// The attention half up to its output, after `pending`'s HC-post.
+fn attention_sublayer<B: Backend>(
+    b: &B,
+    il: usize,
+    layer: &LayerWeights,
+    x: &mut B::Act,
+    kv: &mut B::Kv,
+    pos0: usize,
+    pending: Option<Pending<B>>,
+) -> Result<Pending<B>> {
     let w = &layer.attn;
-    let (n, mix) = b.hc_pre_norm(&layer.hc_attn, x, &w.norm)?;
+    let (n, mix) = enter(b, &layer.hc_attn, &w.norm, x, pending)?;
     let inputs = b.attention_inputs(il, w, &n, pos0)?;
     // The current token attends to itself, so its raw row goes in first.
     b.append_raw(kv, il, &inputs.kv, pos0)?;
@@ -98,20 +155,21 @@ pub fn attention_half<B: Backend>(
     };
     let o = b.attend(kv, il, &inputs.q, &w.sinks, selection.as_ref(), pos0)?;
     let f = b.attention_output(il, w, &o, pos0)?;
-    b.hc_post(x, &f, &mix)
+    Ok(Pending { f, mix })
 }
 
-/// The FFN (mixture of experts) half of layer `il`.
-pub fn ffn_half<B: Backend>(
+/// The FFN half up to its output, after `pending`'s HC-post.
+fn ffn_sublayer<B: Backend>(
     b: &B,
     il: usize,
     layer: &LayerWeights,
     x: &mut B::Act,
     tokens: &[u32],
-) -> Result<()> {
+    pending: Option<Pending<B>>,
+) -> Result<Pending<B>> {
     let w = &layer.ffn;
-    let (n, mix) = b.hc_pre_norm(&layer.hc_ffn, x, &w.norm)?;
+    let (n, mix) = enter(b, &layer.hc_ffn, &w.norm, x, pending)?;
     let routes = b.route(il, w, &n, tokens)?;
     let f = b.experts(il, w, &n, &routes)?;
-    b.hc_post(x, &f, &mix)
+    Ok(Pending { f, mix })
 }

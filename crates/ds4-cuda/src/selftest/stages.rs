@@ -386,6 +386,36 @@ fn hyper_connections(c: &mut Ctx, report: &mut Report) -> Res<()> {
     let want = c.cpu.output_head(w, &xc, 1..t)?;
     let got = c.gpu.output_head(w, &xg, 1..t)?;
     report.compare("stage output_head", &got, &want);
+
+    // One token's HC-post then the next sublayer's HC-pre and norm (one
+    // launch when decoding): the same bits as the two stages on the GPU.
+    let (mut xc, xg) = c.act(1, hc, 1.0)?;
+    let (fc, fg) = c.act(1, d, 1.0)?;
+    let (_, mixc) = c.cpu.hc_pre(&layer.hc_attn, &xc)?;
+    let (_, mixg) = c.gpu.hc_pre(&layer.hc_attn, &xg)?;
+    let state = c.down(&xg)?;
+    let (next, norm) = (&layer.hc_ffn, &layer.ffn.norm);
+    let mut sep = c.gpu.upload_act(1, hc, &state)?;
+    c.gpu.hc_post(&mut sep, &fg, &mixg)?;
+    let (n_sep, _) = c.gpu.hc_pre_norm(next, &sep, norm)?;
+    let mut fused = c.gpu.upload_act(1, hc, &state)?;
+    let (n_fused, _) = c.gpu.hc_post_pre_norm(&mut fused, &fg, &mixg, next, norm)?;
+    let (n_cpu, _) = c.cpu.hc_post_pre_norm(&mut xc, &fc, &mixc, next, norm)?;
+    report.identical(
+        "stage hc_post + hc_pre_norm, fused vs separate (state)",
+        &c.down(&fused)?,
+        &c.down(&sep)?,
+    );
+    report.identical(
+        "stage hc_post + hc_pre_norm, fused vs separate (output)",
+        &c.down(&n_fused)?,
+        &c.down(&n_sep)?,
+    );
+    report.compare(
+        "stage hc_post + hc_pre_norm, fused vs CPU",
+        &c.down(&n_fused)?,
+        &n_cpu.data,
+    );
     Ok(())
 }
 
