@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{self as cu, CUdevice_attribute, CUevent_flags, CUfunction_attribute};
@@ -135,6 +136,12 @@ pub struct Gpu {
     /// While `Some`, every launch is bracketed by timing events (per-kernel
     /// profile for the bench; off otherwise).
     profile: Mutex<Option<Vec<(&'static str, Span)>>>,
+    /// Benchmarks only (`ds4-cuda-bench marginal`): kernels whose launches
+    /// are left out, their outputs keeping whatever their buffers held, to
+    /// measure what each kernel costs a decode step. Empty otherwise.
+    skipped: Mutex<Vec<String>>,
+    /// Whether `skipped` is non-empty (read on every launch without a lock).
+    skipping: AtomicBool,
     pub info: DeviceInfo,
     max_smem_optin: usize,
     dependent_launch: bool,
@@ -223,6 +230,8 @@ impl Gpu {
             funcs,
             pool: Arc::new(Pool::default()),
             profile: Mutex::new(None),
+            skipped: Mutex::new(Vec::new()),
+            skipping: AtomicBool::new(false),
             info,
             max_smem_optin,
             dependent_launch: false,
@@ -247,6 +256,26 @@ impl Gpu {
     }
 
     /// Starts recording a timing-event pair around every launch.
+    /// Leaves out every later launch of the kernels named in `names` (none:
+    /// launch everything again). For timing only: the results are garbage.
+    pub fn skip_launches(&self, names: &[String]) -> Result<()> {
+        let mut s = self
+            .skipped
+            .lock()
+            .map_err(|_| CudaError::Invalid("skip list lock poisoned".into()))?;
+        *s = names.to_vec();
+        self.skipping.store(!s.is_empty(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn is_skipped(&self, name: &str) -> bool {
+        self.skipping.load(Ordering::Relaxed)
+            && self
+                .skipped
+                .lock()
+                .is_ok_and(|s| s.iter().any(|k| k == name))
+    }
+
     pub fn profile_start(&self) {
         if let Ok(mut p) = self.profile.lock() {
             *p = Some(Vec::new());
@@ -388,6 +417,9 @@ impl Gpu {
         smem: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        if self.is_skipped(name) {
+            return Ok(());
+        }
         if grid.1 > 65_535 || grid.2 > 65_535 {
             return Err(CudaError::Invalid(format!(
                 "{name}: grid {grid:?} exceeds the y/z limit of 65535"

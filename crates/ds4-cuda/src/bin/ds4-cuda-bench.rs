@@ -7,11 +7,14 @@
 //! ds4-cuda-bench run -m MODEL.gguf [--ctx 2048,8192,16384,65536] [--chunk 2048]
 //!     [--gen 32] [--csv FILE] [--breakdown FILE] [--deadline-s 300]
 //! ds4-cuda-bench products -m MODEL.gguf [--reps 50] [--runs 7]
+//! ds4-cuda-bench marginal -m MODEL.gguf [--ctx 2048] [--reps 5] [--kernels LIST]
 //! ```
 //!
 //! `products` times each weight product of one decode step on its own (for
 //! GEMV kernel work: a `--layers 8` synthetic file has every shape, and
-//! enough layers that the launches read DRAM, not L2).
+//! enough layers that the launches read DRAM, not L2). `marginal` times a
+//! decode step with each kernel's launches left out in turn (garbage
+//! results, real timing): what each kernel costs the step's critical path.
 //!
 //! For each frontier f: prefill the next f − previous tokens (chunks of
 //! `--chunk`), then decode `--gen` tokens greedily (median step time), then
@@ -43,7 +46,8 @@ fn usage() -> ExitCode {
         "usage: ds4-cuda-bench synth --preset NAME [--layers N] -o FILE\n       \
          ds4-cuda-bench run -m FILE [--ctx LIST] [--chunk N] [--gen N] [--csv FILE] \
          [--breakdown FILE] [--deadline-s S] [--exact] [GPU OPTIONS]\n       \
-         ds4-cuda-bench products -m FILE [--reps N] [--runs N] [GPU OPTIONS]\n\
+         ds4-cuda-bench products -m FILE [--reps N] [--runs N] [GPU OPTIONS]\n       \
+         ds4-cuda-bench marginal -m FILE [--ctx N] [--reps N] [--kernels LIST] [GPU OPTIONS]\n\
          GPU OPTIONS: [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] [--no-dependent-launch]\n       \
          [--q8-x-registers on|off] [--attention-mma on|off]\n       \
          [--int8-experts on|off]"
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Some("synth") => cmd_synth(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
         Some("products") => cmd_products(&args[1..]),
+        Some("marginal") => cmd_marginal(&args[1..]),
         _ => return usage(),
     };
     match result {
@@ -546,4 +551,123 @@ fn stage_table(t: &StageTimes, bytes: &[u64; 14], gpu_ms: f64, wall_ms: f64) -> 
         total_bytes as f64 / (total * 1e-3) / 1e9
     );
     s
+}
+
+/// Kernels `marginal` never leaves out: the stream gate, and those whose
+/// outputs are indices later launches address memory with.
+const NEVER_SKIPPED: [&str; 6] = [
+    "spin_ns",
+    "route",
+    "topk_select",
+    "expert_count",
+    "expert_tiles",
+    "expert_place",
+];
+
+/// What each kernel costs a decode step: the gated GPU time of one step
+/// (median of `--reps`, KV rewound to the same context each time) with all
+/// launches, then with each kernel's launches left out (`Gpu::skip_launches`;
+/// the results are garbage, the timing is what counts), then with all again.
+/// Where the profiler cannot run, this says which kernels sit on the step's
+/// critical path and by how much (docs/bench r53).
+fn cmd_marginal(args: &[String]) -> Result<()> {
+    let (mut model, mut ctx, mut reps) = (None, 2048usize, 5usize);
+    let mut only: Option<Vec<String>> = None;
+    let mut opts = CudaOptions::default();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-m" | "--model" => model = Some(PathBuf::from(value(args, &mut i, "-m")?)),
+            "--ctx" => ctx = value(args, &mut i, "--ctx")?.parse()?,
+            "--reps" => reps = value(args, &mut i, "--reps")?.parse()?,
+            "--kernels" => {
+                only = Some(
+                    value(args, &mut i, "--kernels")?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from)
+                        .collect(),
+                )
+            }
+            _ if gpu_option(args, &mut i, &mut opts)? => {}
+            a => bail!("unknown argument {a}"),
+        }
+        i += 1;
+    }
+    let model = model.ok_or_else(|| anyhow!("-m MODEL is required"))?;
+    if ctx == 0 || reps == 0 {
+        bail!("--ctx and --reps must be positive");
+    }
+    if let Some(k) = only
+        .iter()
+        .flatten()
+        .find(|k| NEVER_SKIPPED.contains(&k.as_str()))
+    {
+        bail!("{k} cannot be left out (the gate, or its output is used as indices)");
+    }
+    let m = Model::open(&model).with_context(|| format!("opening {}", model.display()))?;
+    let b = CudaBackend::new(&m, opts)?;
+    let vocab = m.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..ctx as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % u64::from(vocab)) as u32)
+        .collect();
+    let chunk = 2048;
+    let mut kv = b.new_kv(ctx + 16, chunk)?;
+    let logits = forward_chunked(&b, &m.weights, &mut kv, &prompt, chunk, false)?;
+    let next = argmax(&logits);
+    let point = b.kv_export(&kv, Export::RewindPoint)?;
+    // Warm-up, then which kernels one step launches (and how often).
+    forward(&b, &m.weights, &mut kv, &[next], Logits::Last)?;
+    b.kv_rewind(&mut kv, &point)?;
+    b.gpu().profile_start();
+    let r = forward(&b, &m.weights, &mut kv, &[next], Logits::Last);
+    let kernels = b.gpu().profile_take()?;
+    r?;
+    b.kv_rewind(&mut kv, &point)?;
+    let mut step = |skip: &[String]| -> Result<f64> {
+        b.gpu().skip_launches(skip)?;
+        let mut ms = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            b.kv_rewind(&mut kv, &point)?;
+            gate(&b, 30_000_000)?;
+            let (r, span) = b
+                .gpu()
+                .span(|| forward(&b, &m.weights, &mut kv, &[next], Logits::Last))?;
+            r?;
+            ms.push(f64::from(span.ms()?));
+        }
+        b.gpu().skip_launches(&[])?;
+        b.kv_rewind(&mut kv, &point)?;
+        Ok(median(&mut ms))
+    };
+    let info = b.device_info().clone();
+    println!(
+        "card: {} (compute {}.{}), date {}, model {} ({} layers), ctx {ctx}, gated step median of {reps}\n",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        today(),
+        model.display(),
+        m.config.n_layer,
+    );
+    let base0 = step(&[])?;
+    println!("| left out | launches | step ms | saved ms | µs per launch |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| nothing | | {base0:.3} | | |");
+    for (name, launches, _) in &kernels {
+        let wanted = only.as_ref().is_none_or(|o| o.iter().any(|k| k == name));
+        if !wanted || NEVER_SKIPPED.contains(name) {
+            continue;
+        }
+        let ms = step(&[name.to_string()])?;
+        let saved = base0 - ms;
+        println!(
+            "| {name} | {launches} | {ms:.3} | {saved:.3} | {:.1} |",
+            saved * 1e3 / *launches as f64
+        );
+    }
+    let base1 = step(&[])?;
+    println!("| nothing (again) | | {base1:.3} | | |");
+    Ok(())
 }
