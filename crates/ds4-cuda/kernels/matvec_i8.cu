@@ -162,7 +162,7 @@ struct I8IQ2XXS {
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 const int c = c0 + u * cstep;
-                q[u][r] = __ldg((const uint2*)(DS4_ROW(r) + 8 * c));
+                q[u][r] = ld_w8(DS4_ROW(r) + 8 * c);
                 d[u][r] = h2f(ld_nc_u16(DS4_ROW(r) + 64 * B + 2 * (c >> 3)));
             }
         }
@@ -223,7 +223,7 @@ struct I8Q2K {
             for (int r = 0; r < R; r++) {
                 const u8* blk = DS4_ROW(r) + 80 * b;
                 q[u][r] = ld_stream16(blk + 16 * k);
-                sc[u][r] = __ldg((const uint2*)(blk + 64 + 8 * h));
+                sc[u][r] = ld_w8(blk + 64 + 8 * h);
                 dd[u][r] = ld_nc_u32(DS4_ROW(r) + 80 * B + 4 * b);
             }
         }

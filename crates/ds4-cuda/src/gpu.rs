@@ -184,8 +184,9 @@ fn load_eagerly(funcs: &HashMap<&'static str, CudaFunction>) -> Result<()> {
 }
 
 impl Gpu {
-    /// Opens device `ordinal`, compiles (or loads cached) kernels, loads them all.
-    pub fn open(ordinal: usize) -> Result<Self> {
+    /// Opens device `ordinal`, compiles (or loads cached) kernels in the
+    /// variant `flags`, loads them all.
+    pub fn open(ordinal: usize, flags: kernels::KernelFlags) -> Result<Self> {
         check_libraries()?;
         let count = CudaContext::device_count()
             .map_err(|e| CudaError::NoDevice(format!("cuDeviceGetCount: {e}")))?;
@@ -207,7 +208,7 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = kernels::arch_for(major, minor);
-        let (ptx, source) = kernels::load_or_compile(&arch)?;
+        let (ptx, source) = kernels::load_or_compile(&arch, flags)?;
         let module = ctx.load_module(ptx)?;
         let mut funcs = HashMap::new();
         for &name in kernels::KERNELS {
