@@ -256,7 +256,6 @@ impl Gpu {
             .ok_or_else(|| CudaError::Invalid(format!("kernel {name} is not loaded")))
     }
 
-    /// Starts recording a timing-event pair around every launch.
     /// Leaves out every later launch of the kernels named in `names` (none:
     /// launch everything again). For timing only: the results are garbage.
     pub fn skip_launches(&self, names: &[String]) -> Result<()> {
@@ -277,6 +276,7 @@ impl Gpu {
                 .is_ok_and(|s| s.iter().any(|k| k == name))
     }
 
+    /// Starts recording a timing-event pair around every launch.
     pub fn profile_start(&self) {
         if let Ok(mut p) = self.profile.lock() {
             *p = Some(Vec::new());
