@@ -285,6 +285,14 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The benchmark prompt: `n` pseudo-random token ids below `vocab`, the
+/// same for every command and run.
+fn bench_prompt(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % u64::from(vocab)) as u32)
+        .collect()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -322,9 +330,7 @@ fn cmd_run(args: &[String]) -> Result<()> {
 
     let max_ctx = *o.ctx.last().expect("non-empty");
     let vocab = cfg.vocab_size as u32;
-    let prompt: Vec<u32> = (0..max_ctx as u64)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % u64::from(vocab)) as u32)
-        .collect();
+    let prompt = bench_prompt(max_ctx, vocab);
     let mut kv = b.new_kv(max_ctx + o.chunk.max(o.gen + 8) + 8, o.chunk)?;
     let timed = Timed::new(&b);
     let mut csv = String::from(
@@ -611,10 +617,7 @@ fn cmd_marginal(args: &[String]) -> Result<()> {
     }
     let m = Model::open(&model).with_context(|| format!("opening {}", model.display()))?;
     let b = CudaBackend::new(&m, opts)?;
-    let vocab = m.config.vocab_size as u32;
-    let prompt: Vec<u32> = (0..ctx as u64)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % u64::from(vocab)) as u32)
-        .collect();
+    let prompt = bench_prompt(ctx, m.config.vocab_size as u32);
     let chunk = 2048;
     let mut kv = b.new_kv(ctx + 16, chunk)?;
     let logits = forward_chunked(&b, &m.weights, &mut kv, &prompt, chunk, false)?;
