@@ -226,11 +226,21 @@ __device__ __forceinline__ void rope_pair(float* row, int width, int n_pairs, in
 // once the previous kernel has completed and its writes are visible (at once
 // when the launch was an ordinary one), and only then do we let our own
 // dependents launch, so at most one kernel waits behind a running one.
-__device__ __forceinline__ void ds4_pdl_enter() {
+__device__ __forceinline__ void ds4_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void ds4_pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+__device__ __forceinline__ void ds4_pdl_enter() {
+    ds4_pdl_wait();
+    ds4_pdl_launch_dependents();
 }
 
 // Asks L2 to fetch [p, p + n) ahead of its use (sm_90 bulk prefetch; the

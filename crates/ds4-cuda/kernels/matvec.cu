@@ -669,12 +669,32 @@ extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs_xs(const MatJo
 // order through shared memory -- fixed, so runs are bit-identical (not the
 // same bits as gemv_q8_0, whose split of k differs).
 
+// Weights never change while a model is open, so unless the rows are picked
+// by a device-side index (mat_ids, written by the routing kernel) the first
+// batch's weight loads are issued before the dependent-launch wait: they
+// overlap the previous kernel's tail (its last blocks, or a small kernel
+// that leaves room on the SM). x, mat_ids and y are touched only after it.
+template <int R>
+__device__ __forceinline__ void q8_0_xr_load(const u8* w, const MatJob& J, int row0, int B,
+                                             int c0, int c1, uint4* qa, uint4* qb, float* da,
+                                             float* db) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const u8* row = w + (u64)min(row0 + r, J.n_rows - 1) * J.row_bytes;
+        qa[r] = ld_stream16(row + 16 * c0);
+        qb[r] = ld_stream16(row + 16 * c1);
+        da[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c0 >> 1)));
+        db[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c1 >> 1)));
+    }
+}
+
 template <int R>
 __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
     __shared__ float part[2][DS4_GEMV_WARPS][R];
     const MatJob& J = js.j[gemv_job(js)];
     const int item = blockIdx.y;
-    if (item >= J.n_items) return;  // uniform over the block
+    const bool early = J.mat_ids == nullptr && item < J.n_items;
+    if (!early) ds4_pdl_wait();
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
     const int ks = J.ksplit;  // = row_len / 1024
     const int rgs = DS4_GEMV_WARPS / ks, rg = warp / ks, s = warp % ks;
@@ -683,10 +703,19 @@ __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
     const int per = (batches + n_rg - 1) / n_rg;
     const int b0 = (((int)blockIdx.x - J.block0) * rgs + rg) * per;
     const int b1 = min(batches, b0 + per);
-    const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
-    const u8* w = J.w + m * J.mat_bytes;
     const int B = J.row_len >> 5;
     const int c0 = 64 * s + lane, c1 = c0 + 32;  // this lane's chunks
+    uint4 qa[R], qb[R];
+    float da[R], db[R];
+    if (early) {
+        if (b0 < b1) q8_0_xr_load<R>(J.w, J, b0 * R, B, c0, c1, qa, qb, da, db);
+        ds4_pdl_wait();
+    }
+    ds4_pdl_launch_dependents();
+    if (item >= J.n_items) return;  // uniform over the block
+    const u64 m = J.mat_ids ? (u64)J.mat_ids[item] : 0;
+    const u8* w = J.w + m * J.mat_bytes;
+    if (!early && b0 < b1) q8_0_xr_load<R>(w, J, b0 * R, B, c0, c1, qa, qb, da, db);
     const float* xi = J.x + (i64)(item / J.x_div) * J.x_stride;
     float* y = J.y + (i64)item * J.y_stride;
     float4 xa[4], xb[4];
@@ -704,16 +733,6 @@ __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
             }
             xg = grp;
         }
-        uint4 qa[R], qb[R];
-        float da[R], db[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const u8* row = w + (u64)min(row0 + r, J.n_rows - 1) * J.row_bytes;
-            qa[r] = ld_stream16(row + 16 * c0);
-            qb[r] = ld_stream16(row + 16 * c1);
-            da[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c0 >> 1)));
-            db[r] = h2f(ld_nc_u16(row + 32 * B + 2 * (c1 >> 1)));
-        }
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -725,8 +744,12 @@ __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
             u = dot4_i8(qb[r].y, xb[1], u);
             u = dot4_i8(qb[r].z, xb[2], u);
             u = dot4_i8(qb[r].w, xb[3], u);
-            acc[r] = warp_sum(fmaf(db[r], u, da[r] * t));
+            acc[r] = fmaf(db[r], u, da[r] * t);
         }
+        // The next batch's weights are in flight during the sums and stores.
+        if (b + 1 < b1) q8_0_xr_load<R>(w, J, row0 + R, B, c0, c1, qa, qb, da, db);
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
         if (ks == 1) {
             if (lane == 0) {
 #pragma unroll
@@ -754,8 +777,7 @@ __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
 
 // Four rows per batch: on an H200 (docs/bench r21) 2 rows per batch was
 // slower than the plain kernel and 4 faster (2 blocks of 127 registers per SM).
-extern "C" __global__ void __launch_bounds__(256) gemv_q8_0_xr(const MatJobs js) {
-    ds4_pdl_enter();
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_q8_0_xr(const MatJobs js) {
     gemv_q8_0_xr_impl<4>(js);
 }
 

@@ -830,6 +830,9 @@ impl CudaBackend {
         let w = self.gpu.upload(bytes)?;
         let addr = self.gpu.ptr(&w);
         repack(&self.gpu, addr, ggml_type, row_len, row_bytes, n_rows)?;
+        // GEMVs load their first weights before the dependent-launch wait
+        // (weights are immutable once uploaded), so the repack must be done.
+        self.gpu.synchronize()?;
         let m = Mat {
             addr,
             ggml_type,
