@@ -352,30 +352,58 @@ struct FastQ8_0 {
 
 // F16: a chunk is 8 values.
 struct FastF16 {
-    static constexpr int BLK = 1;
+    static constexpr int BLK = 1, CHUNK = 8;
+    // Chunk c (8 values) of R rows: its weights, then their products.
+    template <int R>
+    static __device__ __forceinline__ void load(const u8* r0, u64 rb, int rmax, int c,
+                                                uint4* q) {
+#pragma unroll
+        for (int r = 0; r < R; r++) q[r] = ld_stream16(DS4_ROW(r) + 16 * c);
+    }
+    template <int R>
+    static __device__ __forceinline__ void add(const uint4* q, const float* __restrict__ x, int c,
+                                               float* acc) {
+        const float4 x0 = ldx4(x + 8 * c), x1 = ldx4(x + 8 * c + 4);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float s = acc[r];
+            s = fmaf(h2f((u16)(q[r].x & 0xffff)), x0.x, s);
+            s = fmaf(h2f((u16)(q[r].x >> 16)), x0.y, s);
+            s = fmaf(h2f((u16)(q[r].y & 0xffff)), x0.z, s);
+            s = fmaf(h2f((u16)(q[r].y >> 16)), x0.w, s);
+            s = fmaf(h2f((u16)(q[r].z & 0xffff)), x1.x, s);
+            s = fmaf(h2f((u16)(q[r].z >> 16)), x1.y, s);
+            s = fmaf(h2f((u16)(q[r].w & 0xffff)), x1.z, s);
+            s = fmaf(h2f((u16)(q[r].w >> 16)), x1.w, s);
+            acc[r] = s;
+        }
+    }
+    // With `have_first`, chunk c0's weights are in `first` already
+    // (gemv_impl's EARLY path); the sums are the same either way.
+    template <int R>
+    static __device__ __forceinline__ void dot_from(const u8* r0, u64 rb, int rmax,
+                                                    const float* __restrict__ x, int row_len,
+                                                    int c0, int cstep, float* acc,
+                                                    const uint4 (&first)[R], bool have_first) {
+        const int n = row_len >> 3;
+        int c = c0;
+        if (have_first && c < n) {
+            add<R>(first, x, c, acc);
+            c += cstep;
+        }
+#pragma unroll 2
+        for (; c < n; c += cstep) {
+            uint4 q[R];
+            load<R>(r0, rb, rmax, c, q);
+            add<R>(q, x, c, acc);
+        }
+    }
     template <int R, bool S>
     static __device__ __forceinline__ void dot(const u8* r0, u64 rb, int rmax,
                                                const float* __restrict__ x, int row_len, int B,
                                                int c0, int cstep, float* acc, const u64* grid) {
-        const int n = row_len >> 3;
-#pragma unroll 2
-        for (int c = c0; c < n; c += cstep) {
-            const float4 x0 = ldx4(x + 8 * c), x1 = ldx4(x + 8 * c + 4);
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const uint4 q = ld_stream16(DS4_ROW(r) + 16 * c);
-                float s = acc[r];
-                s = fmaf(h2f((u16)(q.x & 0xffff)), x0.x, s);
-                s = fmaf(h2f((u16)(q.x >> 16)), x0.y, s);
-                s = fmaf(h2f((u16)(q.y & 0xffff)), x0.z, s);
-                s = fmaf(h2f((u16)(q.y >> 16)), x0.w, s);
-                s = fmaf(h2f((u16)(q.z & 0xffff)), x1.x, s);
-                s = fmaf(h2f((u16)(q.z >> 16)), x1.y, s);
-                s = fmaf(h2f((u16)(q.w & 0xffff)), x1.z, s);
-                s = fmaf(h2f((u16)(q.w >> 16)), x1.w, s);
-                acc[r] = s;
-            }
-        }
+        const uint4 none[R] = {};
+        dot_from<R>(r0, rb, rmax, x, row_len, c0, cstep, acc, none, false);
     }
 };
 
@@ -584,19 +612,33 @@ __device__ __forceinline__ void gemv_store(const MatJob& J, int item, int row0, 
 // `xs` (coalesced) and the lanes read it from there; the arithmetic and its
 // order are the same either way, so staged and unstaged results are
 // bit-identical.
-template <class Fmt, int R, bool STAGE>
+// With EARLY (formats with load/add chunks: FastF16) the kernel has not
+// waited for its predecessor yet: unless the rows are picked by a
+// device-side index, each warp loads its first chunk's weights (immutable
+// while a model is open) before the dependent-launch wait, so they overlap
+// the previous kernel's tail.
+template <class Fmt, int R, bool STAGE, bool EARLY = false>
 __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, float* xs) {
     __shared__ float part[DS4_GEMV_WARPS][R];
     const MatJob& J = js.j[gemv_job(js)];
     const int item = blockIdx.y;
-    if (item >= J.n_items) return;  // uniform over the block
     const int warp = threadIdx.x / DS4_WARP, lane = threadIdx.x % DS4_WARP;
     const int ks = J.ksplit, s = warp % ks;
-    const GemvRows g =
-        gemv_rows(J, item, ((int)blockIdx.x - J.block0) * (DS4_GEMV_WARPS / ks) + warp / ks, R);
+    const int batch = ((int)blockIdx.x - J.block0) * (DS4_GEMV_WARPS / ks) + warp / ks;
+    const int c0 = lane + DS4_WARP * s, cstep = DS4_WARP * ks;
+    uint4 first[R];
+    const bool early = EARLY && J.mat_ids == nullptr && item < J.n_items;
+    if constexpr (EARLY) {
+        if (early && c0 < J.row_len / Fmt::CHUNK) {
+            const GemvRows g0 = gemv_rows(J, item, batch, R);
+            Fmt::template load<R>(g0.r0, J.row_bytes, g0.rmax, c0, first);
+        }
+        ds4_pdl_enter();
+    }
+    if (item >= J.n_items) return;  // uniform over the block
+    const GemvRows g = gemv_rows(J, item, batch, R);
     const int grp = g.first / J.x_grp_rows;
     const float* xr = J.x + (i64)(item / J.x_div) * J.x_stride + (i64)grp * J.x_grp_stride;
-    const int c0 = lane + DS4_WARP * s, cstep = DS4_WARP * ks;
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f;
@@ -606,6 +648,9 @@ __device__ __forceinline__ void gemv_impl(const MatJobs& js, const u64* grid, fl
         __syncthreads();
         Fmt::template dot<R, true>(g.r0, J.row_bytes, g.rmax, xs, J.row_len,
                                    J.row_len / Fmt::BLK, c0, cstep, acc, grid);
+    } else if constexpr (EARLY) {
+        Fmt::template dot_from<R>(g.r0, J.row_bytes, g.rmax, xr, J.row_len, c0, cstep, acc,
+                                  first, early);
     } else {
         Fmt::template dot<R, false>(g.r0, J.row_bytes, g.rmax, xr, J.row_len,
                                     J.row_len / Fmt::BLK, c0, cstep, acc, grid);
@@ -632,10 +677,13 @@ DS4_GEMV(gemv_any_q2_k, GenQ2K, 1)
 DS4_GEMV(gemv_any_q4_k, GenQ4K, 1)
 DS4_GEMV(gemv_any_iq2_xxs, GenIQ2XXS, 1)
 DS4_GEMV(gemv_q8_0, FastQ8_0, 2)
-DS4_GEMV(gemv_f16, FastF16, 1)
 DS4_GEMV(gemv_q2_k, FastQ2K, 4)
 DS4_GEMV_XS(gemv_q8_0_xs, FastQ8_0, 2)
 DS4_GEMV_XS(gemv_q2_k_xs, FastQ2K, 4)
+
+extern "C" __global__ void __launch_bounds__(256) gemv_f16(const MatJobs js) {
+    gemv_impl<FastF16, 1, false, true>(js, nullptr, nullptr);
+}
 
 extern "C" __global__ void __launch_bounds__(256, 3) gemv_iq2_xxs(const MatJobs js) {
     ds4_pdl_enter();

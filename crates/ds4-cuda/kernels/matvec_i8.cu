@@ -303,8 +303,9 @@ __device__ __forceinline__ void gemv_i8_impl(const MatJobs& js, const u32* tab0,
     }
 }
 
+// The selector tables depend on constants only, so they are built before
+// the dependent-launch wait, overlapping the previous kernel's tail.
 extern "C" __global__ void __launch_bounds__(256, 2) gemv_iq2_xxs_i8(const MatJobs js) {
-    ds4_pdl_enter();
     extern __shared__ __align__(16) u32 tables[];  // DS4_IQ2_TABLE_BYTES
     u32* gsel = tables;
     u32* ssel = tables + 256 * DS4_IQ2_COPIES;
@@ -330,6 +331,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gemv_iq2_xxs_i8(const MatJo
             if (i < 128) *(uint4*)&ssel[i * DS4_IQ2_COPIES + c] = s4;
         }
     }
+    ds4_pdl_enter();
     gemv_i8_impl<I8IQ2XXS<2, 4>, 2>(js, gsel, ssel, xq);
 }
 

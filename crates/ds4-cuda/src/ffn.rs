@@ -1,7 +1,7 @@
 //! The mixture-of-experts sublayer (MODEL.md 3.8).
 //!
-//! Decode: gate and up of the routed experts are one launch (the item's
-//! expert id picks the matrix), the shared expert's gate and up another,
+//! Decode: the shared expert's gate and up are one launch, gate and up of
+//! the routed experts another (the item's expert id picks the matrix),
 //! one SwiGLU over both, then the routed down projection and the shared
 //! one, whose epilogue also sums the routed outputs. Batches: the routed
 //! items are grouped by expert on the GPU and every expert's tile of tokens
@@ -110,6 +110,12 @@ impl CudaBackend {
         } else {
             None
         };
+        // The shared expert first: its dense GEMV loads weights before the
+        // dependent-launch wait, overlapping the routing kernel.
+        self.products(&[
+            (sg, Items::plain(t, pn, d, shared_g, ff)),
+            (su, Items::plain(t, pn, d, shared_u, ff)),
+        ])?;
         let up = [
             (mg, routed(ff, pg, pn, d, k)),
             (mu, routed(ff, pu, pn, d, k)),
@@ -120,10 +126,6 @@ impl CudaBackend {
         } {
             self.products(&up)?;
         }
-        self.products(&[
-            (sg, Items::plain(t, pn, d, shared_g, ff)),
-            (su, Items::plain(t, pn, d, shared_u, ff)),
-        ])?;
         self.gpu.launch(
             "swiglu",
             ((ff as u32).div_ceil(BLOCK), (items + t) as u32, 1),
