@@ -462,16 +462,20 @@ extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restri
     const int row = blockIdx.x, sp = blockIdx.y;
     const int len = width / n_splits, k0 = sp * len;
     const u8* w = fn + ((i64)row * width + k0) * 2;
-    if (threadIdx.x < DS4_WARP) prefetch_l2(w, (u64)len * 2, threadIdx.x);
-    ds4_pdl_enter();
     const float* xt = x + k0;
     // Four values per thread when they tile the split exactly (decode
-    // widths), else a strided loop.
+    // widths), else a strided loop. The weights never change while a model
+    // is open, so they are loaded (or prefetched) before the wait.
     const bool vec = len == 4 * (int)blockDim.x && (((u64)w | (u64)xt) & 15) == 0;
+    uint2 wq = make_uint2(0, 0);
+    if (vec)
+        wq = __ldg((const uint2*)(w + 8 * threadIdx.x));
+    else if (threadIdx.x < DS4_WARP)
+        prefetch_l2(w, (u64)len * 2, threadIdx.x);
+    ds4_pdl_enter();
     float acc = 0.0f;
     float4 xq;
     if (vec) {
-        const uint2 wq = *(const uint2*)(w + 8 * threadIdx.x);
         if (f) {
             const int at = k0 + 4 * threadIdx.x;
             const int j = at / d, i = at - j * d;
