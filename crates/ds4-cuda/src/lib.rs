@@ -71,8 +71,9 @@ pub struct CudaOptions {
     /// rather than decoding every weight to f32; the two agree to rounding.
     pub int8_expert_gemvs: bool,
     /// The decode GEMVs' weight loads ask L2 to evict their lines first
-    /// (`kernels::KernelFlags::weights_evict_first`). Off by default: an
-    /// experiment switch until measured (docs/bench/README.md, r60 "Next").
+    /// (`kernels::KernelFlags::weights_evict_first`). Off by default: on an
+    /// H200 it changed neither the decode step nor any kernel's marginal
+    /// cost (docs/bench r61); kept as a switch for other cards.
     pub weights_evict_first: bool,
 }
 
