@@ -222,10 +222,12 @@ __device__ __forceinline__ void rope_pair(float* row, int width, int n_pairs, in
 
 // Programmatic dependent launch (Hopper): the host may launch the next kernel
 // of the stream before this one ends, so that its launch latency overlaps our
-// tail. Every kernel calls this first, before touching memory: `wait` returns
-// once the previous kernel has completed and its writes are visible (at once
-// when the launch was an ordinary one), and only then do we let our own
-// dependents launch, so at most one kernel waits behind a running one.
+// tail. Every kernel calls this before touching memory that earlier kernels
+// write: `wait` returns once the previous kernel has completed and its writes
+// are visible (at once when the launch was an ordinary one), and only then do
+// we let our own dependents launch, so at most one kernel waits behind a
+// running one. Weights never change while a model is open, so a kernel may
+// load them (or build tables from constants) before the wait.
 __device__ __forceinline__ void ds4_pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

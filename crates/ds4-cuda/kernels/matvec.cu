@@ -824,7 +824,8 @@ __device__ __forceinline__ void gemv_q8_0_xr_impl(const MatJobs& js) {
 }
 
 // Four rows per batch: on an H200 (docs/bench r21) 2 rows per batch was
-// slower than the plain kernel and 4 faster (2 blocks of 127 registers per SM).
+// slower than the plain kernel and 4 faster, at 2 blocks of <= 128 registers
+// per SM (the bound keeps the early loads of r62 from costing occupancy).
 extern "C" __global__ void __launch_bounds__(256, 2) gemv_q8_0_xr(const MatJobs js) {
     gemv_q8_0_xr_impl<4>(js);
 }
