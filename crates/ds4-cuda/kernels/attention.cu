@@ -880,18 +880,50 @@ extern "C" __global__ void to_f16(u16* __restrict__ dst, const float* __restrict
     *(uint2*)(dst + i) = make_uint2(pack16(f2h(v.x), f2h(v.y)), pack16(f2h(v.z), f2h(v.w)));
 }
 
+#define DS4_COMBINE_MAX 512
+
 // Folds the chunks of attend_part, in chunk order: M = max_c m_c,
 // den = e^(sink-M) + sum_c l_c e^(m_c-M), out = sum_c e^(m_c-M) o_c / den.
-// Grid (heads, T); a thread per 4 dims.
+// Grid (heads, T); a thread per 4 dims. The chunks' (m, l) pairs are staged
+// in shared memory by one load per thread and each e^(m_c-M) is formed
+// once: a decode step has ~27 chunks per head, whose loads would otherwise
+// be a serial chain in every thread. The operations and their order are
+// those of the path for more chunks than fit, below.
 extern "C" __global__ void attend_combine(float* __restrict__ out,
                                           const float* __restrict__ part_o,
                                           const float* __restrict__ part_ml,
                                           const float* __restrict__ sinks, int n_heads,
                                           int head_dim, int n_chunks) {
+    __shared__ float ml[2 * DS4_COMBINE_MAX];
+    __shared__ float wx[DS4_COMBINE_MAX];
     ds4_pdl_enter();
     const int h = blockIdx.x, t = blockIdx.y;
     const i64 slot0 = ((i64)t * n_heads + h) * n_chunks;
     const float sink = sinks[h];
+    float* o = out + ((i64)t * n_heads + h) * head_dim;
+    if (n_chunks <= DS4_COMBINE_MAX) {
+        for (int i = threadIdx.x; i < 2 * n_chunks; i += blockDim.x) ml[i] = part_ml[2 * slot0 + i];
+        __syncthreads();
+        float mx = sink;
+        for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, ml[2 * c]);
+        for (int c = threadIdx.x; c < n_chunks; c += blockDim.x) wx[c] = expf(ml[2 * c] - mx);
+        __syncthreads();
+        float den = expf(sink - mx);
+        for (int c = 0; c < n_chunks; c++) den += ml[2 * c + 1] * wx[c];
+        for (int f = threadIdx.x; f < head_dim / 4; f += blockDim.x) {
+            float4 acc = make_float4(0, 0, 0, 0);
+            for (int c = 0; c < n_chunks; c++) {
+                const float w = wx[c];
+                const float4 v = *(const float4*)(part_o + (slot0 + c) * head_dim + 4 * f);
+                acc.x = fmaf(w, v.x, acc.x);
+                acc.y = fmaf(w, v.y, acc.y);
+                acc.z = fmaf(w, v.z, acc.z);
+                acc.w = fmaf(w, v.w, acc.w);
+            }
+            *(float4*)(o + 4 * f) = make_float4(acc.x / den, acc.y / den, acc.z / den, acc.w / den);
+        }
+        return;
+    }
     float mx = sink;
     for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, part_ml[2 * (slot0 + c)]);
     float den = expf(sink - mx);
@@ -907,7 +939,6 @@ extern "C" __global__ void attend_combine(float* __restrict__ out,
             acc.z = fmaf(w, v.z, acc.z);
             acc.w = fmaf(w, v.w, acc.w);
         }
-        *(float4*)(out + ((i64)t * n_heads + h) * head_dim + 4 * f) =
-            make_float4(acc.x / den, acc.y / den, acc.z / den, acc.w / den);
+        *(float4*)(o + 4 * f) = make_float4(acc.x / den, acc.y / den, acc.z / den, acc.w / den);
     }
 }

@@ -271,14 +271,22 @@ extern "C" __global__ void topk_select(int* __restrict__ out, const float* __res
         wsum2[warp] = eq;
     }
     __syncthreads();
-    int eq_before = 0, taken_before = 0;
-    for (int w = 0; w < warp; w++) eq_before += wsum2[w];
-    for (int w = 0; w < warp; w++) {
-        int eb = 0;
-        for (int v = 0; v < w; v++) eb += wsum2[v];
-        taken_before += wsum[w] + min(max(need_eq - eb, 0), wsum2[w]);
+    // Warp 0 turns the per-warp counts into each warp's ties seen before it
+    // and indices taken before it (exclusive scans over <= 32 warps; a loop
+    // per thread over the earlier warps costs O(warps^2) dependent loads).
+    if (warp == 0) {
+        const int g = lane < n_warps ? wsum[lane] : 0;
+        const int e = lane < n_warps ? wsum2[lane] : 0;
+        const int e_before = warp_incl_scan(e) - e;
+        const int tk = g + min(max(need_eq - e_before, 0), e);
+        const int tk_before = warp_incl_scan(tk) - tk;
+        if (lane < n_warps) {
+            wsum[lane] = tk_before;
+            wsum2[lane] = e_before;
+        }
     }
-    int at = taken_before, eq_seen = eq_before;
+    __syncthreads();
+    int at = wsum[warp], eq_seen = wsum2[warp];
     for (int base = i0; base < i1; base += DS4_WARP) {
         const int i = base + lane;
         const u32 key = i < i1 ? DS4_KEY_AT(i) : 0;
