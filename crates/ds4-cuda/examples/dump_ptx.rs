@@ -6,7 +6,7 @@ fn main() {
         print!("{}", ds4_cuda::kernels::program_source());
         return;
     }
-    match ds4_cuda::kernels::compile(&arg, Default::default()) {
+    match ds4_cuda::kernels::compile(&arg) {
         Ok(ptx) => print!("{ptx}"),
         Err(e) => eprintln!("{e}"),
     }

@@ -469,7 +469,7 @@ extern "C" __global__ void __launch_bounds__(1024) hc_pre_one(const u8* __restri
     const bool vec = len == 4 * (int)blockDim.x && (((u64)w | (u64)xt) & 15) == 0;
     uint2 wq = make_uint2(0, 0);
     if (vec)
-        wq = __ldg((const uint2*)(w + 8 * threadIdx.x));
+        wq = ld_w8(w + 8 * threadIdx.x);
     else if (threadIdx.x < DS4_WARP)
         prefetch_l2(w, (u64)len * 2, threadIdx.x);
     ds4_pdl_enter();

@@ -174,45 +174,7 @@ struct MatJobs {
     int pad;
 };
 
-// Weight loads. Weights are read once per decode step, so they bypass L1;
-// with DS4_WEIGHTS_EVICT_FIRST (kernels::KernelFlags) they also ask L2 to
-// evict their lines first, so that the ~9.6 GB a step streams through the
-// 50 MB L2 do not push out what is read again (activations, KV rows, code).
-#if DS4_WEIGHTS_EVICT_FIRST
-__device__ __forceinline__ u64 weights_policy() {
-    u64 p;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-    return p;
-}
-
-__device__ __forceinline__ uint4 ld_stream16(const u8* p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p), "l"(weights_policy()));
-    return v;
-}
-
-__device__ __forceinline__ uint2 ld_w8(const u8* p) {
-    uint2 v;
-    asm("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
-        : "=r"(v.x), "=r"(v.y)
-        : "l"(p), "l"(weights_policy()));
-    return v;
-}
-
-__device__ __forceinline__ u32 ld_nc_u32(const u8* p) {
-    u32 v;
-    asm("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(v) : "l"(p), "l"(weights_policy()));
-    return v;
-}
-
-__device__ __forceinline__ u16 ld_nc_u16(const u8* p) {
-    u16 v;
-    asm("ld.global.nc.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(v) : "l"(p), "l"(weights_policy()));
-    return v;
-}
-#else
+// Weight loads: read once per decode step, so they bypass L1.
 __device__ __forceinline__ uint4 ld_stream16(const u8* p) {
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -230,7 +192,6 @@ __device__ __forceinline__ u32 ld_nc_u32(const u8* p) {
 __device__ __forceinline__ u16 ld_nc_u16(const u8* p) {
     return __ldg((const unsigned short*)p);
 }
-#endif
 
 // Byte k of t (0..255) as a float, exactly: 2^23 + byte, minus 2^23.
 #define DS4_BYTE_F(t, k) (__int_as_float(__byte_perm((t), 0x4B000000u, 0x7440 + (k))) - 8388608.0f)

@@ -184,9 +184,8 @@ fn load_eagerly(funcs: &HashMap<&'static str, CudaFunction>) -> Result<()> {
 }
 
 impl Gpu {
-    /// Opens device `ordinal`, compiles (or loads cached) kernels in the
-    /// variant `flags`, loads them all.
-    pub fn open(ordinal: usize, flags: kernels::KernelFlags) -> Result<Self> {
+    /// Opens device `ordinal`, compiles (or loads cached) kernels, loads them all.
+    pub fn open(ordinal: usize) -> Result<Self> {
         check_libraries()?;
         let count = CudaContext::device_count()
             .map_err(|e| CudaError::NoDevice(format!("cuDeviceGetCount: {e}")))?;
@@ -208,7 +207,7 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let arch = kernels::arch_for(major, minor);
-        let (ptx, source) = kernels::load_or_compile(&arch, flags)?;
+        let (ptx, source) = kernels::load_or_compile(&arch)?;
         let module = ctx.load_module(ptx)?;
         let mut funcs = HashMap::new();
         for &name in kernels::KERNELS {

@@ -141,28 +141,13 @@ pub fn arch_for(major: i32, minor: i32) -> String {
     }
 }
 
-/// Compile-time variants of the kernel program (NVRTC `-D` defines).
-/// Results do not depend on them; speed may.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelFlags {
-    /// The decode GEMVs' weight loads carry an L2 evict-first policy
-    /// (`DS4_WEIGHTS_EVICT_FIRST`, matvec.cu): a decode step streams ~9.6 GB
-    /// of weights through a 50 MB L2 once, which otherwise evicts what is
-    /// read again (activations, KV rows, the kernels' code).
-    pub weights_evict_first: bool,
-}
-
 /// NVRTC options. IEEE division and square root stay on (the default) and
 /// fast math off: the FP8/FP4 simulations must round exactly like the CPU.
-pub fn compile_options(arch: &str, flags: KernelFlags) -> Vec<String> {
-    let mut o = vec![
+pub fn compile_options(arch: &str) -> Vec<String> {
+    vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
-    ];
-    if flags.weights_evict_first {
-        o.push("-DDS4_WEIGHTS_EVICT_FIRST=1".to_string());
-    }
-    o
+    ]
 }
 
 /// Whether the NVRTC library can be loaded (cudarc would panic otherwise).
@@ -186,11 +171,11 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 }
 
 /// Compiles the program for `arch` to PTX text, without any cache.
-pub fn compile(arch: &str, flags: KernelFlags) -> Result<String> {
+pub fn compile(arch: &str) -> Result<String> {
     if !nvrtc_present() {
         return Err(CudaError::NoNvrtc);
     }
-    let options = compile_options(arch, flags);
+    let options = compile_options(arch);
     let opts = CompileOptions {
         options: options.clone(),
         name: Some("ds4_kernels.cu".into()),
@@ -238,10 +223,10 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Where a compile of the current sources would be cached, and under which key.
-pub fn cache_key(arch: &str, flags: KernelFlags) -> Result<u64> {
+pub fn cache_key(arch: &str) -> Result<u64> {
     let (major, minor) = nvrtc_version()?;
     let version = format!("nvrtc {major}.{minor}");
-    let options = compile_options(arch, flags).join(" ");
+    let options = compile_options(arch).join(" ");
     Ok(fnv1a(&[
         program_source().as_bytes(),
         options.as_bytes(),
@@ -258,8 +243,8 @@ pub enum PtxSource {
 
 /// The PTX for `arch`, from the disk cache or freshly compiled (and then
 /// stored). Cache problems are not errors: the kernels are just compiled.
-pub fn load_or_compile(arch: &str, flags: KernelFlags) -> Result<(Ptx, PtxSource)> {
-    let key = cache_key(arch, flags)?;
+pub fn load_or_compile(arch: &str) -> Result<(Ptx, PtxSource)> {
+    let key = cache_key(arch)?;
     let path = cache_dir().map(|d| d.join(format!("{key:016x}-{arch}.ptx")));
     if let Some(p) = &path {
         if let Ok(text) = std::fs::read_to_string(p) {
@@ -268,7 +253,7 @@ pub fn load_or_compile(arch: &str, flags: KernelFlags) -> Result<(Ptx, PtxSource
             }
         }
     }
-    let ptx = compile(arch, flags)?;
+    let ptx = compile(arch)?;
     if let Some(p) = &path {
         // Write then rename, so a concurrent reader never sees half a file.
         if let Some(dir) = p.parent() {
@@ -295,21 +280,6 @@ pub fn missing_entries(ptx: &str) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_flags_reach_the_compiler_as_defines() {
-        let plain = compile_options("compute_90a", KernelFlags::default());
-        assert!(!plain.iter().any(|o| o.starts_with("-D")));
-        let evict = compile_options(
-            "compute_90a",
-            KernelFlags {
-                weights_evict_first: true,
-            },
-        );
-        assert!(evict.contains(&"-DDS4_WEIGHTS_EVICT_FIRST=1".to_string()));
-        // The source tests that define (so the flag is not silently ignored).
-        assert!(program_source().contains("#if DS4_WEIGHTS_EVICT_FIRST"));
-    }
 
     #[test]
     fn every_listed_kernel_is_defined_in_the_source() {

@@ -70,11 +70,6 @@ pub struct CudaOptions {
     /// the group's largest value) and sum with dp4a (`matvec_i8.cu`),
     /// rather than decoding every weight to f32; the two agree to rounding.
     pub int8_expert_gemvs: bool,
-    /// The decode GEMVs' weight loads ask L2 to evict their lines first
-    /// (`kernels::KernelFlags::weights_evict_first`). Off by default: on an
-    /// H200 it changed neither the decode step nor any kernel's marginal
-    /// cost (docs/bench r61); kept as a switch for other cards.
-    pub weights_evict_first: bool,
 }
 
 /// Per weight format, whether the fast decode GEMV first copies the
@@ -151,7 +146,6 @@ impl Default for CudaOptions {
             q8_0_x_registers: true,
             tensor_core_attention: true,
             int8_expert_gemvs: true,
-            weights_evict_first: false,
         }
     }
 }
@@ -242,10 +236,7 @@ impl CudaBackend {
         let cfg = model.config.clone();
         check_supported(&cfg, &model.weights)?;
         gpu::check_libraries()?;
-        let flags = kernels::KernelFlags {
-            weights_evict_first: opts.weights_evict_first,
-        };
-        let mut gpu = gpu::Gpu::open(opts.device, flags)?;
+        let mut gpu = gpu::Gpu::open(opts.device)?;
         gpu.set_dependent_launch(opts.dependent_launch);
         let file: &Arc<GgufFile> = &model.file;
         let plan = MemoryPlan::new(

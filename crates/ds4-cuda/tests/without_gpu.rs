@@ -30,7 +30,6 @@ fn kernels_compile_for_hopper_when_nvrtc_is_available() {
         eprintln!("skipping: no NVRTC on the loader path (scripts/nvrtc_check.sh provides one)");
         return;
     }
-    let ptx = kernels::compile("compute_90a", kernels::KernelFlags::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let ptx = kernels::compile("compute_90a").unwrap_or_else(|e| panic!("{e}"));
     assert!(kernels::missing_entries(&ptx).is_empty());
 }

@@ -50,7 +50,7 @@ fn usage() -> ExitCode {
          ds4-cuda-bench marginal -m FILE [--ctx N] [--reps N] [--kernels LIST] [GPU OPTIONS]\n\
          GPU OPTIONS: [--gemv-stage q8_0,q2_k,iq2_xxs|all|none] [--no-dependent-launch]\n       \
          [--q8-x-registers on|off] [--attention-mma on|off]\n       \
-         [--int8-experts on|off] [--weights-evict-first on|off]"
+         [--int8-experts on|off]"
     );
     ExitCode::from(2)
 }
@@ -94,9 +94,6 @@ fn gpu_option(args: &[String], i: &mut usize, opts: &mut CudaOptions) -> Result<
             opts.tensor_core_attention = on_off(value(args, i, "--attention-mma")?)?
         }
         "--int8-experts" => opts.int8_expert_gemvs = on_off(value(args, i, "--int8-experts")?)?,
-        "--weights-evict-first" => {
-            opts.weights_evict_first = on_off(value(args, i, "--weights-evict-first")?)?
-        }
         _ => return Ok(false),
     }
     Ok(true)
